@@ -1,0 +1,44 @@
+# Everything a learner or instructor runs. `make lab` and `make test` create .venv first if it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Notebooks never reach the hub for weights: offline is the default, and the reference loader falls back
+# to a seeded random GPT-2 at once. Set TFS_ONLINE=1 to let it download real GPT-2.
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+export WANDB_MODE ?= disabled
+
+.PHONY: help env lab test build check-build grade bench clean
+help:
+	@echo "make lab    - create .venv if missing, then open JupyterLab on chapters/"
+	@echo "make test   - create .venv if missing, then run every test"
+	@echo "make build  - regenerate chapters/ and utils/reference/ from solutions/"
+	@echo "make grade NB=chapters/02_components.ipynb - progress report for one notebook"
+
+env: $(STAMP)
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=chapters $(LAB_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+build: $(STAMP)
+	$(PY) -m utils.build
+
+check-build: $(STAMP)
+	$(PY) -m utils.build --check
+
+grade: $(STAMP)
+	$(PY) -m utils.grade $(NB)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Reference code exported from `solutions/` by `make build`: never edited by hand (see utils/build.py)."""
