@@ -1,7 +1,8 @@
 """`make build`: generate everything that derives from `solutions/`, the course's single source.
 
 For each `solutions/NN_name.ipynb`:
-1. its two generated header cells (Open-in-Colab badge, setup cell) are refreshed from `utils/course.py`;
+1. its two generated header cells (Open-in-Colab badge, setup cell) are refreshed from `utils/course.py`,
+   and its outputs cleared (sources are committed without outputs);
 2. cells whose metadata has `"tfs": {"export": "MODULE"}` are concatenated, solution markers removed, into
    `utils/reference/MODULE.py`: the reference code the checkers import, so no solution is written twice;
 3. `chapters/NN_name.ipynb` is written with nbgrader's own preprocessors: solutions replaced by a stub that
@@ -90,6 +91,14 @@ def learner_notebook(nb):
     return nb
 
 
+def without_outputs(nb):
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
 def render(nb) -> str:
     return nbformat.writes(strip_ids(nb), version=NB_VERSION) + "\n"
 
@@ -102,7 +111,7 @@ def plan(notebooks: list[Path]) -> dict[Path, str]:
         nb = nbformat.read(path, as_version=NB_VERSION)
         name = path.stem
         source = with_fresh_header(nb, name)
-        outputs[path] = render(copy.deepcopy(source))
+        outputs[path] = render(without_outputs(source))  # sources are committed clean too
         for cell in source.cells:
             module = tfs_meta(cell).get("export")
             if module:
