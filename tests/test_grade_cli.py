@@ -1,0 +1,58 @@
+"""`python -m utils.grade`: a table per notebook, one clear line for bad input, the learner's file untouched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nbformat
+
+from .conftest import ROOT
+
+
+def grade(path, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "utils.grade", str(path), *extra], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+def learner_copy(tmp_path, source_name: str, body: str | None = None):
+    """A small notebook in the course's format: the setup cell, optionally one exercise, and its check."""
+    nb = nbformat.read(ROOT / "chapters" / "02_components.ipynb", as_version=4)
+    keep = [c for c in nb.cells if c.metadata.get("tfs", {}).get("generated") == "setup"]
+    imports = [c for c in nb.cells if c.metadata.get("tfs", {}).get("export") and "import" in c.source
+               and not c.metadata.get("nbgrader", {}).get("solution")][:2]
+    solution = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "layer_norm_solution")
+    check = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "layer_norm")
+    if body is not None:
+        solution = nbformat.v4.new_code_cell(body, metadata=solution.metadata)
+    nb.cells = keep + imports + [solution, check]
+    path = tmp_path / source_name
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_table_for_a_stub_and_exit_code(tmp_path):
+    path = learner_copy(tmp_path, "stub.ipynb")
+    before = path.read_bytes()
+    proc = grade(path)
+    assert proc.returncode == 1
+    assert "layer_norm" in proc.stdout and "✗" in proc.stdout and "not implemented yet" in proc.stdout
+    assert "0 of 1 exercises pass" in proc.stdout
+    assert path.read_bytes() == before, "the learner's notebook must never be written"
+
+
+def test_a_looping_cell_times_out_with_one_line(tmp_path):
+    path = learner_copy(tmp_path, "loop.ipynb", "while True:\n    pass")
+    proc = grade(path, "--timeout", "20")
+    assert proc.returncode == 1
+    assert "✗" in proc.stdout
+    assert "was stopped after 20 s" in proc.stdout and "Traceback" not in proc.stdout
+
+
+def test_unreadable_notebook_gives_one_clear_line(tmp_path):
+    bad = tmp_path / "broken.ipynb"
+    bad.write_text("{ this is not json")
+    proc = grade(bad)
+    assert proc.returncode == 2
+    assert proc.stdout.strip().count("\n") == 0 and "cannot be read as a notebook" in proc.stdout
+    assert bad.read_text() == "{ this is not json"
