@@ -77,12 +77,13 @@ def _cache_key(files: Sequence[Path]) -> str:
 
 def tokenize_documents(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """GPT-2 token ids of `texts`, each document followed by `<|endoftext|>`, as one uint16 array."""
-    tokenizer = gpt2_tokenizer()
+    # The Rust tokenizer directly: the `transformers` wrapper warns on stderr about every text longer than
+    # GPT-2's context, which a corpus file always is.
+    backend = gpt2_tokenizer().backend_tokenizer
     pieces: list[np.ndarray] = []
     for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False)["input_ids"]
-        for ids in encoded:
-            pieces.append(np.asarray([*ids, END_OF_TEXT_ID], dtype=np.uint16))  # GPT-2 ids fit in 16 bits
+        for encoding in backend.encode_batch(list(texts[start:start + batch_size]), add_special_tokens=False):
+            pieces.append(np.asarray([*encoding.ids, END_OF_TEXT_ID], dtype=np.uint16))  # GPT-2 ids fit in 16 bits
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
 
 
@@ -147,7 +148,7 @@ class CompactVocab:
 
     def encode(self, text: str) -> Int[Tensor, "pos"]:
         """Text -> compact ids, cleaned the way the corpus was (tabs for indentation)."""
-        ids = gpt2_tokenizer()(clean_source(text), add_special_tokens=False)["input_ids"]
+        ids = gpt2_tokenizer().backend_tokenizer.encode(clean_source(text), add_special_tokens=False).ids
         return self.encode_ids(t.tensor(ids, dtype=t.long))
 
     def decode(self, compact_ids: Int[Tensor, "pos"] | Sequence[int]) -> str:

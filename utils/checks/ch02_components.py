@@ -1,21 +1,69 @@
-"""Checkers for chapter 02: each GPT-2 component against TransformerLens's GPT-2 and the course's reference."""
+"""Checkers for chapter 02: each GPT-2 component against TransformerLens's GPT-2 and the course's reference.
+
+Every module checker compares the learner's class on two kinds of input:
+- the reference model's own sub-module (`reference_forward("blocks.0.attn")`, ...) on activations cached from
+  the reference prompt, with the reference's parameters loaded by name;
+- the course's reference component with random, non-trivial parameters (every bias and gain non-zero) in a
+  small config chosen so that batch, pos, n_heads and d_head all differ, at lengths 5, n_ctx and 1.
+The case that tells the catalogued mistakes apart best comes first, so a wrong variant is named on it.
+"""
 
 from __future__ import annotations
 
-import torch as t
-from torch import Tensor
+import contextlib
+import io
+import math
 
-from utils.checks.core import Case, Mistake, check_module, checker, passed
-from utils.checks.mistakes_ch02 import LAYER_NORM_MISTAKES
+import einops
+import torch as t
+from torch import Tensor, nn
+
+from utils.checks.core import (
+    Case,
+    NotImplementedYet,
+    call_learner,
+    check_module,
+    check_names,
+    checker,
+    construct,
+    describe,
+    fail,
+    passed,
+)
+from utils.checks.mistakes_ch02 import (
+    ATTENTION_MISTAKES,
+    CAUSAL_MASK_MISTAKES,
+    EMBED_MISTAKES,
+    LAYER_NORM_MISTAKES,
+    MASK_IN_PLACE_HINT,
+    MLP_MISTAKES,
+    POS_EMBED_MISTAKES,
+    TRANSFORMER_BLOCK_MISTAKES,
+    UNEMBED_MISTAKES,
+)
 from utils.reference import components as ref
 from utils.reference_model import course_config, reference_cache, reference_forward, reference_info, reference_params
+
+CHAPTER = "02_components"
+# A masked score must vanish after softmax. -inf (the IGNORE buffer) does so exactly; so does any score at or
+# below -1e4, since exp(-1e4 - max) underflows to 0 in float32 for scores of any realistic size.
+MASKED_AT_MOST = -1e4
+
+
+def small_config(**overrides) -> ref.Config:
+    """A config whose sizes all differ (d_model 48, 3 heads of 16, d_mlp 96, n_ctx 12, 500 tokens), so that
+    an axis mix-up shows as a wrong shape, and small enough that a check takes milliseconds."""
+    fields = dict(d_model=48, debug=False, layer_norm_eps=1e-5, d_vocab=500, init_range=0.02, n_ctx=12,
+                  d_head=16, d_mlp=96, n_heads=3, n_layers=1)
+    return ref.Config(**{**fields, **overrides})
 
 
 def _random_params(Cls: type, cfg: ref.Config, seed: int) -> dict[str, Tensor]:
     """Non-trivial parameters for `Cls`: every weight, bias and gain random, so that none can be forgotten."""
     gen = t.Generator().manual_seed(seed)
     module = Cls(cfg)
-    return {name: t.randn(p.shape, generator=gen) * (0.5 if p.dim() <= 1 else 0.2) + (1.0 if name == "w" else 0.0)
+    return {name: t.randn(p.shape, generator=gen) * (0.5 if p.dim() <= 1 else 0.2)
+            + (1.0 if name.rsplit(".", 1)[-1] == "w" else 0.0)
             for name, p in module.named_parameters()}
 
 
@@ -26,25 +74,333 @@ def _reference_output(Cls: type, cfg: ref.Config, params: dict[str, Tensor], *in
         return module(*inputs)
 
 
-@checker("layer_norm", LAYER_NORM_MISTAKES, chapter="02_components")
-def layer_norm(LayerNorm: type) -> None:
-    """LayerNorm equals GPT-2's final LayerNorm, including where epsilon dominates the variance."""
+def _random_case(Cls: type, cfg: ref.Config, label: str, x: Tensor, seed: int, params=None) -> Case:
+    params = _random_params(Cls, cfg, seed) if params is None else params
+    return Case(label, cfg, params, (x,), _reference_output(Cls, cfg, params, x))
+
+
+def _gpt2_case(label: str, prefix: str, x: Tensor) -> Case:
+    return Case(label, course_config(), reference_params(prefix), (x,), reference_forward(prefix)(x))
+
+
+def _names(Cls: type) -> list[str]:
+    return list(Cls(small_config()).state_dict().keys())
+
+
+def _require_class(Cls, what: str, exercise: str) -> None:
+    if not isinstance(Cls, type) or not issubclass(Cls, nn.Module):
+        fail(f"Pass the class itself, e.g. checks.{exercise}({what}); got {describe(Cls)}.")
+
+
+def _gen(seed: int) -> t.Generator:
+    return t.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------- LayerNorm
+
+
+def _check_layer_norm(LayerNorm: type) -> int:
     cfg = course_config()
     _, _, cache = reference_cache()
     resid = cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
-    gen = t.Generator().manual_seed(1)
+    gen = _gen(1)
     big_eps = ref.Config(**{**vars(cfg), "layer_norm_eps": 0.1})
     small = 0.05 * t.randn(3, 7, cfg.d_model, generator=gen) + 2.0  # small variance, non-zero mean
     batch = t.randn(3, 7, cfg.d_model, generator=gen)
     params = _random_params(ref.LayerNorm, cfg, seed=2)
     cases = [
-        Case(f"GPT-2's ln_final on the reference prompt", cfg, reference_params("ln_final"), (resid,),
-             reference_forward("ln_final")(resid)),
-        Case("small-variance inputs with layer_norm_eps=0.1", big_eps, params, (small,),
-             _reference_output(ref.LayerNorm, big_eps, params, small)),
-        Case("a batch of 3 random sequences of length 7", cfg, params, (batch,),
-             _reference_output(ref.LayerNorm, cfg, params, batch)),
+        _gpt2_case("GPT-2's ln_final on the reference prompt", "ln_final", resid),
+        _random_case(ref.LayerNorm, big_eps, "small-variance inputs with layer_norm_eps=0.1", small, 2, params),
+        _random_case(ref.LayerNorm, cfg, "a batch of 3 random sequences of length 7", batch, 2, params),
     ]
-    n = check_module(LayerNorm, what="LayerNorm", names=["w", "b"], cases=cases, mistakes=LAYER_NORM_MISTAKES,
-                     hint="Normalise over the last dimension (d_model) only, with the biased variance and eps inside the square root.")
+    return check_module(LayerNorm, what="LayerNorm", names=["w", "b"], cases=cases, mistakes=LAYER_NORM_MISTAKES,
+                        hint="Normalise over the last dimension (d_model) only, with the biased variance and eps inside the square root.")
+
+
+@checker("layer_norm", LAYER_NORM_MISTAKES, chapter=CHAPTER)
+def layer_norm(LayerNorm: type) -> None:
+    """LayerNorm equals GPT-2's final LayerNorm, including where epsilon dominates the variance."""
+    n = _check_layer_norm(LayerNorm)
     passed(f"LayerNorm matches the reference ({reference_info().kind}) on {n} inputs")
+
+
+# ------------------------------------------------------------------------------------------------ Embed
+
+
+def _token_cases(Cls: type, prefix: str, low_ids: bool) -> list[Case]:
+    """Tokens for Embed and PosEmbed. With `low_ids`, ids stay below n_ctx, so that PosEmbed indexed by
+    token id still runs (and is named) instead of failing with an index error."""
+    cfg = small_config()
+    gen = _gen(3)
+    high = cfg.n_ctx if low_ids else cfg.d_vocab
+    tokens, _, _ = reference_cache()
+    return [
+        _random_case(Cls, cfg, "3 random sequences of length 5 (random weights)",
+                     t.randint(0, high, (3, 5), generator=gen), seed=4),
+        _gpt2_case(f"GPT-2's {prefix} on the reference prompt", prefix, tokens),
+        _random_case(Cls, cfg, f"2 sequences of length n_ctx={cfg.n_ctx}",
+                     t.randint(0, high, (2, cfg.n_ctx), generator=gen), seed=5),
+        _random_case(Cls, cfg, "4 sequences of length 1", t.randint(0, high, (4, 1), generator=gen), seed=6),
+    ]
+
+
+def _check_embed(Embed: type) -> int:
+    _require_class(Embed, "Embed", "embed")
+    return check_module(Embed, what="Embed", names=["W_E"], cases=_token_cases(ref.Embed, "embed", False),
+                        mistakes=EMBED_MISTAKES, hint="Each token id selects one row of W_E: `self.W_E[tokens]`.")
+
+
+@checker("embed", EMBED_MISTAKES, chapter=CHAPTER)
+def embed(Embed: type) -> None:
+    """Embed equals GPT-2's token embedding: row W_E[token] for every token."""
+    n = _check_embed(Embed)
+    passed(f"Embed matches the reference ({reference_info().kind}) on {n} inputs")
+
+
+# --------------------------------------------------------------------------------------------- PosEmbed
+
+
+def _check_pos_embed(PosEmbed: type) -> int:
+    _require_class(PosEmbed, "PosEmbed", "pos_embed")
+    return check_module(PosEmbed, what="PosEmbed", names=["W_pos"], cases=_token_cases(ref.PosEmbed, "pos_embed", True),
+                        mistakes=POS_EMBED_MISTAKES,
+                        hint="Position p gets row W_pos[p] whatever its token, repeated for every sequence in the batch.")
+
+
+@checker("pos_embed", POS_EMBED_MISTAKES, chapter=CHAPTER)
+def pos_embed(PosEmbed: type) -> None:
+    """PosEmbed equals GPT-2's learned positional embedding, for lengths 1 to n_ctx."""
+    n = _check_pos_embed(PosEmbed)
+    passed(f"PosEmbed matches the reference ({reference_info().kind}) on {n} inputs")
+
+
+# ------------------------------------------------------------------------------------------- causal mask
+
+
+def _future(scores: Tensor) -> Tensor:
+    query_pos, key_pos = scores.shape[-2:]
+    return t.ones(query_pos, key_pos, dtype=t.bool).triu(diagonal=1).expand(scores.shape)
+
+
+def _same_masking(a: Tensor, b: Tensor) -> bool:
+    """Equal as far as softmax can tell: the same entries masked (≤ -1e4), the others exactly equal."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape:
+        return False
+    masked_a, masked_b = a <= MASKED_AT_MOST, b <= MASKED_AT_MOST
+    if not t.equal(masked_a, masked_b):
+        return False
+    keep = ~masked_a & ~t.isnan(a) & ~t.isnan(b)
+    return t.equal(a[keep].double(), b[keep].double()) and t.equal(t.isnan(a), t.isnan(b))
+
+
+def _mask_cases() -> list[tuple[str, ref.Config, Tensor]]:
+    cfg, small = course_config(), small_config()
+    gen = _gen(7)
+    _, _, cache = reference_cache()
+    q, k = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_k"]
+    real = einops.einsum(q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos")
+    return [
+        ("random scores [batch=2, n_heads=3, 5, 5]", small, 3 * t.randn(2, 3, 5, 5, generator=gen)),
+        ("GPT-2's layer-0 scores on the reference prompt", cfg, real / math.sqrt(cfg.d_head)),
+        (f"random scores of length n_ctx={small.n_ctx}", small, 3 * t.randn(2, 3, small.n_ctx, small.n_ctx, generator=gen)),
+        ("random scores of length 1", small, 3 * t.randn(4, 3, 1, 1, generator=gen)),
+    ]
+
+
+def _apply_mask(Cls: type, cfg: ref.Config, scores: Tensor, what: str, label: str, names=None) -> tuple[Tensor, Tensor]:
+    module = construct(Cls, cfg, what)
+    if names is not None:
+        check_names(module, names, what)
+    given = scores.clone()
+    with t.no_grad():
+        out = call_learner(f"{what}.apply_causal_mask", module.apply_causal_mask, given, context=label)
+    return out, given
+
+
+def _check_causal_mask(Attention: type) -> int:
+    _require_class(Attention, "Attention", "causal_mask")
+    what = "Attention.apply_causal_mask"
+    cases = _mask_cases()
+    for label, cfg, scores in cases:
+        out, given = _apply_mask(Attention, cfg, scores, "Attention", label, names=_names(ref.Attention))
+        if not t.equal(given, scores):
+            fail(f"{what} modified its input attn_scores in place: {MASK_IN_PLACE_HINT}")
+
+        def named() -> str:
+            for mistake in CAUSAL_MASK_MISTAKES:
+                try:
+                    with contextlib.redirect_stderr(io.StringIO()):
+                        wrong, _ = _apply_mask(mistake.impl, cfg, scores, mistake.name, label)
+                except Exception:  # a mistake that cannot run on this input matches nothing
+                    continue
+                if _same_masking(out, wrong):
+                    return f" This matches a known mistake, {mistake.name.replace('_', ' ')}: {mistake.hint}"
+            return " Fill the scores where key_pos > query_pos with self.IGNORE and return every other score unchanged."
+
+        if not isinstance(out, Tensor):
+            fail(f"{what}: returned {describe(out)} on {label}, expected a Tensor of shape {tuple(scores.shape)}.")
+        if out.shape != scores.shape:
+            fail(f"{what}: output shape {tuple(out.shape)} on {label}, expected {tuple(scores.shape)}." + named())
+        if out.dtype != scores.dtype:
+            fail(f"{what}: output dtype {out.dtype} on {label}, expected {scores.dtype}.")
+        if t.isnan(out).any():
+            fail(f"{what}: output has NaN values on {label}." + named())
+        future = _future(scores)
+        masked = out <= MASKED_AT_MOST
+        leaked = future & ~masked
+        if leaked.any():
+            b, h, qp, kp = (int(i) for i in leaked.nonzero()[0])
+            fail(f"{what}: {int(leaked.sum())} future scores are not masked on {label} (first at {(b, h, qp, kp)}: "
+                 f"query {qp} sees key {kp}, value {out[b, h, qp, kp].item():.5f}; expected ≤ {MASKED_AT_MOST:g} or -inf)." + named())
+        hidden = ~future & masked
+        if hidden.any():
+            b, h, qp, kp = (int(i) for i in hidden.nonzero()[0])
+            fail(f"{what}: {int(hidden.sum())} scores of keys at or before their query are masked on {label} "
+                 f"(first at {(b, h, qp, kp)}: query {qp}, key {kp})." + named())
+        if not t.equal(out[~future], scores[~future]):
+            diff = (out[~future].double() - scores[~future].double()).abs().max().item()
+            fail(f"{what}: the scores you keep must be returned unchanged, but they differ by up to {diff:.1e} "
+                 f"on {label}. Change only the masked entries.")
+    return len(cases)
+
+
+@checker("causal_mask", CAUSAL_MASK_MISTAKES, chapter=CHAPTER)
+def causal_mask(Attention: type) -> None:
+    """Attention.apply_causal_mask hides exactly the keys after each query; it needs no forward.
+
+    Masked scores may be -inf (self.IGNORE) or any value ≤ -1e4: softmax turns both into exactly 0."""
+    n = _check_causal_mask(Attention)
+    passed(f"Attention.apply_causal_mask masks exactly the future on {n} inputs")
+
+
+# --------------------------------------------------------------------------------------------- Attention
+
+
+def _residual_cases(Cls: type, prefix: str, x_real: Tensor, seed: int, scale: float = 1.0, real_first: bool = False) -> list[Case]:
+    """Random [2, 5] (batch ≠ pos ≠ n_heads), the reference prompt, length n_ctx, and length 1."""
+    cfg = small_config()
+    gen = _gen(seed)
+    d = cfg.d_model
+    cases = [
+        _random_case(Cls, cfg, "2 random sequences of length 5 (random weights)", scale * t.randn(2, 5, d, generator=gen), seed),
+        _random_case(Cls, cfg, f"2 random sequences of length n_ctx={cfg.n_ctx}", scale * t.randn(2, cfg.n_ctx, d, generator=gen), seed + 1),
+        _random_case(Cls, cfg, "3 random sequences of length 1", scale * t.randn(3, 1, d, generator=gen), seed + 2),
+    ]
+    gpt2 = _gpt2_case(f"GPT-2's {prefix} on the reference prompt", prefix, x_real)
+    return [gpt2, *cases] if real_first else [cases[0], gpt2, *cases[1:]]
+
+
+def _uses_passing(Cls: type, check, what: str, parent: str, exercise: str) -> None:
+    """Run another exercise's check quietly on a sub-component, so a failure is reported where it belongs."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            check(Cls)
+    except NotImplementedYet as exc:
+        raise NotImplementedYet(f"{parent} uses your {what}, which is not implemented yet: {exc}") from exc
+    except AssertionError as exc:
+        first = str(exc).splitlines()[0]
+        fail(f"{parent} uses your {what}, which does not pass checks.{exercise} yet: {first}")
+
+
+def _check_attention(Attention: type) -> int:
+    _require_class(Attention, "Attention", "attention")
+    _uses_passing(Attention, _check_causal_mask, "apply_causal_mask", "Attention.forward", "causal_mask")
+    _, _, cache = reference_cache()
+    cases = _residual_cases(ref.Attention, "blocks.0.attn", cache["blocks.0.ln1.hook_out"], seed=10)
+    return check_module(Attention, what="Attention", names=_names(ref.Attention), cases=cases, mistakes=ATTENTION_MISTAKES,
+                        hint="Compare each step with the equations: q, k, v with biases; scores / sqrt(d_head); mask; "
+                             "softmax over keys; weighted sum of v; W_O summed over heads; b_O.")
+
+
+@checker("attention", ATTENTION_MISTAKES, chapter=CHAPTER)
+def attention(Attention: type) -> None:
+    """Attention equals GPT-2's causal multi-head self-attention (layer 0) and the reference with random weights."""
+    n = _check_attention(Attention)
+    passed(f"Attention matches the reference ({reference_info().kind}) on {n} inputs")
+
+
+# --------------------------------------------------------------------------------------------------- MLP
+
+
+def _gelu_probe(cfg: ref.Config, seed: int) -> Case:
+    """W_out copies the first d_model hidden units to the output, so each output is one GELU value. Exact
+    and tanh GELU differ by up to 5e-4 near x = ±2.7, where GELU itself is about -0.01: a clear relative gap
+    that a random W_out would average away below the tolerance."""
+    gen = _gen(seed)
+    params = _random_params(ref.MLP, cfg, seed)
+    params["W_in"] = 0.5 * t.randn(cfg.d_model, cfg.d_mlp, generator=gen)
+    params["W_out"] = t.eye(cfg.d_mlp, cfg.d_model)
+    params["b_out"] = t.zeros(cfg.d_model)
+    x = t.randn(2, 5, cfg.d_model, generator=gen)
+    return Case("pre-activations around ±2.7, where the two GELUs differ most", cfg, params, (x,),
+                _reference_output(ref.MLP, cfg, params, x))
+
+
+def _check_mlp(MLP: type) -> int:
+    _require_class(MLP, "MLP", "mlp")
+    _, _, cache = reference_cache()
+    cases = _residual_cases(ref.MLP, "blocks.0.mlp", cache["blocks.0.ln2.hook_out"], seed=20)
+    cases.insert(1, _gelu_probe(small_config(), seed=23))
+    return check_module(MLP, what="MLP", names=_names(ref.MLP), cases=cases, mistakes=MLP_MISTAKES,
+                        hint="gelu_tanh(x @ W_in + b_in) @ W_out + b_out, with F.gelu(..., approximate=\"tanh\").")
+
+
+@checker("mlp", MLP_MISTAKES, chapter=CHAPTER)
+def mlp(MLP: type) -> None:
+    """MLP equals GPT-2's MLP (layer 0), with the tanh GELU, on real and random inputs."""
+    n = _check_mlp(MLP)
+    passed(f"MLP matches the reference ({reference_info().kind}) on {n} inputs")
+
+
+# ----------------------------------------------------------------------------------------- TransformerBlock
+
+_SUB_CHECKS = (("ln1", _check_layer_norm, "layer_norm"), ("attn", _check_attention, "attention"),
+               ("ln2", _check_layer_norm, "layer_norm"), ("mlp", _check_mlp, "mlp"))
+
+
+def _check_transformer_block(TransformerBlock: type) -> int:
+    _require_class(TransformerBlock, "TransformerBlock", "transformer_block")
+    block = construct(TransformerBlock, small_config(), "TransformerBlock")
+    checked: set[type] = set()
+    for attr, check, exercise in _SUB_CHECKS:
+        sub = getattr(block, attr, None)
+        if not isinstance(sub, nn.Module):
+            fail(f"TransformerBlock: self.{attr} is {describe(sub)}, expected a module; keep the given __init__.")
+        if type(sub) not in checked:
+            _uses_passing(type(sub), check, type(sub).__name__, "TransformerBlock", exercise)
+            checked.add(type(sub))
+    cfg = course_config()
+    last = cfg.n_layers - 1
+    _, _, cache = reference_cache()
+    cases = _residual_cases(ref.TransformerBlock, f"blocks.{last}", cache[f"blocks.{last}.hook_resid_pre"], seed=30, scale=2.0)
+    return check_module(TransformerBlock, what="TransformerBlock", names=_names(ref.TransformerBlock), cases=cases,
+                        mistakes=TRANSFORMER_BLOCK_MISTAKES,
+                        hint="resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).")
+
+
+@checker("transformer_block", TRANSFORMER_BLOCK_MISTAKES, chapter=CHAPTER)
+def transformer_block(TransformerBlock: type) -> None:
+    """TransformerBlock equals GPT-2's last block: pre-LN attention and MLP, each added to the residual stream."""
+    n = _check_transformer_block(TransformerBlock)
+    passed(f"TransformerBlock matches the reference ({reference_info().kind}) on {n} inputs")
+
+
+# ----------------------------------------------------------------------------------------------- Unembed
+
+
+def _check_unembed(Unembed: type) -> int:
+    _require_class(Unembed, "Unembed", "unembed")
+    _, _, cache = reference_cache()
+    # The real-model case first: GPT-2's b_U is zero, so the random case (non-zero b_U) is what catches a
+    # missing bias, while the real case catches W_E.T in place of W_U.
+    cases = _residual_cases(ref.Unembed, "unembed", cache["ln_final.hook_out"], seed=40, real_first=True)
+    return check_module(Unembed, what="Unembed", names=["W_U", "b_U"], cases=cases, mistakes=UNEMBED_MISTAKES,
+                        hint="logits = x @ W_U + b_U, for every position.")
+
+
+@checker("unembed", UNEMBED_MISTAKES, chapter=CHAPTER)
+def unembed(Unembed: type) -> None:
+    """Unembed equals GPT-2's unembedding, and adds its bias (non-zero in the random case)."""
+    n = _check_unembed(Unembed)
+    passed(f"Unembed matches the reference ({reference_info().kind}) on {n} inputs")
+

@@ -173,11 +173,7 @@ POS_EMBED_MISTAKES = [
 # ------------------------------------------------------------------------------------------- causal mask
 
 
-def _fill(scores, future, value):
-    return scores.masked_fill(future, value)
-
-
-def _square(scores, **kwargs):
+def _square(scores):
     query_pos, key_pos = scores.shape[-2:]
     return t.ones(query_pos, key_pos, dtype=t.bool, device=scores.device)
 
@@ -254,8 +250,6 @@ def _out(z, W_O, b_O):
 
 class _AttentionVariant(ref.Attention):
     """The reference forward with hooks for one thing done wrong; each mistake overrides one step."""
-
-    scale_by = "d_head"
 
     def qkv(self, x):
         return _heads(x, self.W_Q, self.b_Q), _heads(x, self.W_K, self.b_K), _heads(x, self.W_V, self.b_V)
