@@ -1,8 +1,8 @@
 """Figures for chapter 04: plotly heatmaps, lines and bars, and circuitsvis attention patterns.
 
 Every helper returns its figure; a notebook cell shows it by ending with it (or `fig.show()`). circuitsvis
-views are returned as objects, so that Jupyter renders them through `_repr_html_()`, which inlines the
-JavaScript bundle and works offline; never save `str(view)`, which loads the bundle from a CDN.
+views are returned as IPython HTML objects holding circuitsvis's inline (local) source, which works offline;
+never save `str(view)`, which loads the bundle from a CDN.
 """
 
 from __future__ import annotations
@@ -59,14 +59,17 @@ def token_labels(tokens: Tensor, bos: int | None = None) -> list[str]:
 def attention_patterns(pattern: Tensor, tokens: Sequence[str], head_names: Sequence[str] | None = None):
     """circuitsvis's interactive view of one sequence's patterns, `pattern` of shape [n_heads query_pos key_pos].
 
-    Return it from the cell (Jupyter then calls `_repr_html_()`, which works offline)."""
+    Return it from the cell. The view always carries circuitsvis's inline JavaScript bundle (about 1.3 MB), so
+    it renders offline and in saved outputs; circuitsvis's own `_repr_html_()` switches to a CDN when online."""
     import circuitsvis as cv
+    from IPython.display import HTML
 
     if pattern.dim() != 3:
         raise ValueError(f"attention_patterns: pass one sequence's patterns [n_heads query_pos key_pos], got {tuple(pattern.shape)}")
     names = list(head_names) if head_names is not None else [f"H{h}" for h in range(pattern.shape[0])]
-    return cv.attention.attention_patterns(tokens=list(tokens), attention=pattern.detach().float().cpu(),
-                                           attention_head_names=names)
+    view = cv.attention.attention_heads(attention=pattern.detach().float().cpu(), tokens=list(tokens),
+                                        attention_head_names=names)
+    return HTML(view.local_src)
 
 
 def head_labels(n_layers: int, n_heads: int) -> list[str]:

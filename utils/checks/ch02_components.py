@@ -11,6 +11,7 @@ The case that tells the catalogued mistakes apart best comes first, so a wrong v
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 
@@ -42,12 +43,32 @@ from utils.checks.mistakes_ch02 import (
     UNEMBED_MISTAKES,
 )
 from utils.reference import components as ref
-from utils.reference_model import course_config, reference_cache, reference_forward, reference_info, reference_params
+from utils.reference_model import (
+    course_config,
+    reference_cache,
+    reference_forward,
+    reference_info,
+    reference_params,
+    resolve_kind,
+)
 
 CHAPTER = "02_components"
 # A masked score must vanish after softmax. -inf (the IGNORE buffer) does so exactly; so does any score at or
 # below -1e4, since exp(-1e4 - max) underflows to 0 in float32 for scores of any realistic size.
 MASKED_AT_MOST = -1e4
+
+
+def _per_reference(build):
+    """Cache what `build` returns for each reference kind: the cases are deterministic, and building them
+    (reference forwards, random parameters) would otherwise dominate a check's time. The cached tensors are
+    never handed to learner code: `run_module` gives it clones."""
+    cached = functools.cache(lambda kind, args, kwargs: build(*args, **dict(kwargs)))
+
+    @functools.wraps(build)
+    def get(*args, **kwargs):
+        return cached(resolve_kind(), args, tuple(sorted(kwargs.items())))
+
+    return get
 
 
 def small_config(**overrides) -> ref.Config:
@@ -83,6 +104,7 @@ def _gpt2_case(label: str, prefix: str, x: Tensor) -> Case:
     return Case(label, course_config(), reference_params(prefix), (x,), reference_forward(prefix)(x))
 
 
+@functools.cache
 def _names(Cls: type) -> list[str]:
     return list(Cls(small_config()).state_dict().keys())
 
@@ -99,7 +121,8 @@ def _gen(seed: int) -> t.Generator:
 # --------------------------------------------------------------------------------------------- LayerNorm
 
 
-def _check_layer_norm(LayerNorm: type) -> int:
+@_per_reference
+def _layer_norm_cases() -> list[Case]:
     cfg = course_config()
     _, _, cache = reference_cache()
     resid = cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
@@ -108,12 +131,15 @@ def _check_layer_norm(LayerNorm: type) -> int:
     small = 0.05 * t.randn(3, 7, cfg.d_model, generator=gen) + 2.0  # small variance, non-zero mean
     batch = t.randn(3, 7, cfg.d_model, generator=gen)
     params = _random_params(ref.LayerNorm, cfg, seed=2)
-    cases = [
+    return [
         _gpt2_case("GPT-2's ln_final on the reference prompt", "ln_final", resid),
         _random_case(ref.LayerNorm, big_eps, "small-variance inputs with layer_norm_eps=0.1", small, 2, params),
         _random_case(ref.LayerNorm, cfg, "a batch of 3 random sequences of length 7", batch, 2, params),
     ]
-    return check_module(LayerNorm, what="LayerNorm", names=["w", "b"], cases=cases, mistakes=LAYER_NORM_MISTAKES,
+
+
+def _check_layer_norm(LayerNorm: type) -> int:
+    return check_module(LayerNorm, what="LayerNorm", names=["w", "b"], cases=_layer_norm_cases(), mistakes=LAYER_NORM_MISTAKES,
                         hint="Normalise over the last dimension (d_model) only, with the biased variance and eps inside the square root.")
 
 
@@ -127,6 +153,7 @@ def layer_norm(LayerNorm: type) -> None:
 # ------------------------------------------------------------------------------------------------ Embed
 
 
+@_per_reference
 def _token_cases(Cls: type, prefix: str, low_ids: bool) -> list[Case]:
     """Tokens for Embed and PosEmbed. With `low_ids`, ids stay below n_ctx, so that PosEmbed indexed by
     token id still runs (and is named) instead of failing with an index error."""
@@ -193,6 +220,7 @@ def _same_masking(a: Tensor, b: Tensor) -> bool:
     return t.equal(a[keep].double(), b[keep].double()) and t.equal(t.isnan(a), t.isnan(b))
 
 
+@_per_reference
 def _mask_cases() -> list[tuple[str, ref.Config, Tensor]]:
     cfg, small = course_config(), small_config()
     gen = _gen(7)
@@ -276,8 +304,12 @@ def causal_mask(Attention: type) -> None:
 # --------------------------------------------------------------------------------------------- Attention
 
 
-def _residual_cases(Cls: type, prefix: str, x_real: Tensor, seed: int, scale: float = 1.0, real_first: bool = False) -> list[Case]:
-    """Random [2, 5] (batch ≠ pos ≠ n_heads), the reference prompt, length n_ctx, and length 1."""
+@_per_reference
+def _residual_cases(Cls: type, prefix: str, hook: str, seed: int, scale: float = 1.0, real_first: bool = False) -> list[Case]:
+    """Random [2, 5] (batch ≠ pos ≠ n_heads), the reference prompt (input: the cached activation `hook`),
+    length n_ctx, and length 1."""
+    _, _, cache = reference_cache()
+    x_real = cache[hook]
     cfg = small_config()
     gen = _gen(seed)
     d = cfg.d_model
@@ -296,7 +328,9 @@ def _uses_passing(Cls: type, check, what: str, parent: str, exercise: str) -> No
         with contextlib.redirect_stdout(io.StringIO()):
             check(Cls)
     except NotImplementedYet as exc:
-        raise NotImplementedYet(f"{parent} uses your {what}, which is not implemented yet: {exc}") from exc
+        raise NotImplementedYet(
+            f"{parent} uses your {what}, which is not implemented yet: finish it until checks.{exercise} passes."
+        ) from exc
     except AssertionError as exc:
         first = str(exc).splitlines()[0]
         fail(f"{parent} uses your {what}, which does not pass checks.{exercise} yet: {first}")
@@ -305,8 +339,7 @@ def _uses_passing(Cls: type, check, what: str, parent: str, exercise: str) -> No
 def _check_attention(Attention: type) -> int:
     _require_class(Attention, "Attention", "attention")
     _uses_passing(Attention, _check_causal_mask, "apply_causal_mask", "Attention.forward", "causal_mask")
-    _, _, cache = reference_cache()
-    cases = _residual_cases(ref.Attention, "blocks.0.attn", cache["blocks.0.ln1.hook_out"], seed=10)
+    cases = _residual_cases(ref.Attention, "blocks.0.attn", "blocks.0.ln1.hook_out", seed=10)
     return check_module(Attention, what="Attention", names=_names(ref.Attention), cases=cases, mistakes=ATTENTION_MISTAKES,
                         hint="Compare each step with the equations: q, k, v with biases; scores / sqrt(d_head); mask; "
                              "softmax over keys; weighted sum of v; W_O summed over heads; b_O.")
@@ -336,11 +369,15 @@ def _gelu_probe(cfg: ref.Config, seed: int) -> Case:
                 _reference_output(ref.MLP, cfg, params, x))
 
 
+@_per_reference
+def _mlp_cases() -> list[Case]:
+    cases = _residual_cases(ref.MLP, "blocks.0.mlp", "blocks.0.ln2.hook_out", seed=20)
+    return [cases[0], _gelu_probe(small_config(), seed=23), *cases[1:]]
+
+
 def _check_mlp(MLP: type) -> int:
     _require_class(MLP, "MLP", "mlp")
-    _, _, cache = reference_cache()
-    cases = _residual_cases(ref.MLP, "blocks.0.mlp", cache["blocks.0.ln2.hook_out"], seed=20)
-    cases.insert(1, _gelu_probe(small_config(), seed=23))
+    cases = _mlp_cases()
     return check_module(MLP, what="MLP", names=_names(ref.MLP), cases=cases, mistakes=MLP_MISTAKES,
                         hint="gelu_tanh(x @ W_in + b_in) @ W_out + b_out, with F.gelu(..., approximate=\"tanh\").")
 
@@ -369,10 +406,8 @@ def _check_transformer_block(TransformerBlock: type) -> int:
         if type(sub) not in checked:
             _uses_passing(type(sub), check, type(sub).__name__, "TransformerBlock", exercise)
             checked.add(type(sub))
-    cfg = course_config()
-    last = cfg.n_layers - 1
-    _, _, cache = reference_cache()
-    cases = _residual_cases(ref.TransformerBlock, f"blocks.{last}", cache[f"blocks.{last}.hook_resid_pre"], seed=30, scale=2.0)
+    last = course_config().n_layers - 1
+    cases = _residual_cases(ref.TransformerBlock, f"blocks.{last}", f"blocks.{last}.hook_resid_pre", seed=30, scale=2.0)
     return check_module(TransformerBlock, what="TransformerBlock", names=_names(ref.TransformerBlock), cases=cases,
                         mistakes=TRANSFORMER_BLOCK_MISTAKES,
                         hint="resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).")
@@ -390,10 +425,9 @@ def transformer_block(TransformerBlock: type) -> None:
 
 def _check_unembed(Unembed: type) -> int:
     _require_class(Unembed, "Unembed", "unembed")
-    _, _, cache = reference_cache()
     # The real-model case first: GPT-2's b_U is zero, so the random case (non-zero b_U) is what catches a
     # missing bias, while the real case catches W_E.T in place of W_U.
-    cases = _residual_cases(ref.Unembed, "unembed", cache["ln_final.hook_out"], seed=40, real_first=True)
+    cases = _residual_cases(ref.Unembed, "unembed", "ln_final.hook_out", seed=40, real_first=True)
     return check_module(Unembed, what="Unembed", names=["W_U", "b_U"], cases=cases, mistakes=UNEMBED_MISTAKES,
                         hint="logits = x @ W_U + b_U, for every position.")
 

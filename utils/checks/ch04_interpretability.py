@@ -138,10 +138,9 @@ def decompose_resid(decompose_resid: Callable) -> None:
              "the induction model on [BOS, r, r] (batch 2, 21 positions)"),
             (ref.gpt2_course_model(), _gpt2_run("prompt"), f"the reference GPT-2 ({reference_info().kind}) on the reference prompt")]
     for model, (_, _, cache), context in runs:
-        mine = copy.deepcopy(model)
         given = _copy_cache(cache)
         before = snapshot(*given.values())
-        out = call_learner("decompose_resid", decompose_resid, mine, given, context=context)
+        out = call_learner("decompose_resid", decompose_resid, model, given, context=context)
         assert_unchanged(before, list(given.values()), "decompose_resid", list(given.keys()))
         expected = ref.decompose_resid(model, cache)
         _check_dict(out, expected, "decompose_resid", context,
@@ -160,7 +159,7 @@ def direct_logit_attribution(direct_logit_attribution: Callable) -> None:
         given_components = {k: v.clone() for k, v in components.items()}
         given_cache, given_tokens = _copy_cache(cache), tokens.clone()
         before = snapshot(*given_components.values(), given_tokens)
-        out = call_learner("direct_logit_attribution", direct_logit_attribution, copy.deepcopy(model),
+        out = call_learner("direct_logit_attribution", direct_logit_attribution, model,
                            given_components, given_cache, given_tokens, context=context)
         assert_unchanged(before, [*given_components.values(), given_tokens], "direct_logit_attribution",
                          [*components, "tokens"])

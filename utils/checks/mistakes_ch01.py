@@ -187,7 +187,7 @@ PROJECT_HEADS_MISTAKES = [
 
 
 def _not_summed(z, W_O):
-    return z @ W_O
+    return einops.einsum(z, W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
 
 
 def _averaged(z, W_O):
@@ -205,7 +205,7 @@ def _combine_first_head(z, W_O):
 
 COMBINE_HEADS_MISTAKES = [
     Mistake("did_not_sum_over_heads", _not_summed,
-            "`z @ W_O` gives one output per head: sum over the head axis (drop `n_heads` from the einsum's output)."),
+            "you kept one output per head: sum over the head axis (drop `n_heads` from the einsum's output)."),
     Mistake("averaged_the_heads", _averaged, "heads add their outputs: sum over heads, do not average."),
     Mistake("mismatched_merge_order", _mismatched_merge,
             "z was merged as `(d_head n_heads)` but W_O as `(n_heads d_head)`: the orders must agree."),

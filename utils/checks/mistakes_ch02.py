@@ -2,6 +2,8 @@
 
 Each mistake subclasses the reference component and overrides only what a learner gets wrong, so the
 catalogue reads as a list of misconceptions. Tests feed every entry to its checker and expect its hint.
+A module mistake named `in_place` is caught earlier, by the shared check that inputs are left unchanged,
+whose message says the same thing; its hint here documents it for readers of the catalogue.
 """
 
 from __future__ import annotations
@@ -342,8 +344,8 @@ ATTENTION_MISTAKES = [
     Mistake("no_mask", _NoMask, "call `self.apply_causal_mask` on the scaled scores before the softmax: each position may only see earlier ones."),
     Mistake("softmax_over_queries", _SoftmaxOverQueries,
             "softmax over the key axis, `dim=-1`: each query's weights over the keys sum to 1, not each key's over the queries."),
-    Mistake("missing_qkv_biases", _NoQKVBiases, "add `self.b_Q`, `self.b_K` and `self.b_V` to the queries, keys and values."),
-    Mistake("missing_b_O", _NoOutputBias, "add `self.b_O` after projecting with W_O (once, not once per head)."),
+    Mistake("query_key_value_biases_missing", _NoQKVBiases, "add `self.b_Q`, `self.b_K` and `self.b_V` to the queries, keys and values."),
+    Mistake("output_bias_missing", _NoOutputBias, "add `self.b_O` after projecting with W_O (once, not once per head)."),
     Mistake("heads_averaged", _HeadsAveraged,
             "heads add their outputs into the residual stream: SUM over n_heads after W_O, do not average."),
     Mistake("heads_flattened_in_wrong_order", _HeadsConcatenatedWrongOrder,
@@ -351,7 +353,7 @@ ATTENTION_MISTAKES = [
             "or contract both axes with einsum."),
     Mistake("scores_transposed", _ScoresTransposed,
             "your scores are indexed [key, query]: write the einsum output as `batch n_heads query_pos key_pos`, queries first."),
-    Mistake("keys_from_W_Q", _KeysFromWQ, "keys use `self.W_K` (and `self.b_K`), not W_Q: check the copied line."),
+    Mistake("keys_computed_with_W_Q", _KeysFromWQ, "keys use `self.W_K` (and `self.b_K`), not W_Q: check the copied line."),
 ]
 
 
@@ -402,9 +404,9 @@ MLP_MISTAKES = [
             "GPT-2 uses the tanh approximation of GELU: `F.gelu(pre, approximate=\"tanh\")` (the default is the exact erf form)."),
     Mistake("relu", _Relu, "GPT-2's activation is GELU, not ReLU: `F.gelu(pre, approximate=\"tanh\")`."),
     Mistake("no_activation", _NoActivation, "apply GELU between the two linear maps; without it the MLP is one linear map."),
-    Mistake("missing_b_in", _NoBIn, "add `self.b_in` to the pre-activations, before the GELU."),
-    Mistake("missing_b_out", _NoBOut, "add `self.b_out` to the output."),
-    Mistake("b_in_after_gelu", _BInAfterGelu, "add `self.b_in` BEFORE the GELU: `gelu(x @ W_in + b_in)`."),
+    Mistake("input_bias_missing", _NoBIn, "add `self.b_in` to the pre-activations, before the GELU."),
+    Mistake("output_bias_missing", _NoBOut, "add `self.b_out` to the output."),
+    Mistake("input_bias_after_gelu", _BInAfterGelu, "add `self.b_in` BEFORE the GELU: `gelu(x @ W_in + b_in)`."),
 ]
 
 
@@ -448,6 +450,13 @@ class _LN1Twice(ref.TransformerBlock):
         return resid_mid + self.mlp(self.ln1(resid_mid))
 
 
+class _BlockInPlace(ref.TransformerBlock):
+    def forward(self, resid_pre):
+        resid_pre += self.attn(self.ln1(resid_pre))
+        resid_pre += self.mlp(self.ln2(resid_pre))
+        return resid_pre
+
+
 TRANSFORMER_BLOCK_MISTAKES = [
     Mistake("post_layer_norm", _PostLN,
             "GPT-2 is pre-LN: normalise the INPUT of each sub-layer and add its output to the un-normalised stream, "
@@ -460,7 +469,9 @@ TRANSFORMER_BLOCK_MISTAKES = [
             "the MLP reads resid_mid, which already contains the attention output: compute them one after the other."),
     Mistake("residual_of_normalised_stream", _ResidualOfNormalised,
             "the residual stream itself is never normalised: add to `resid_pre`, not to `ln1(resid_pre)`."),
-    Mistake("ln1_used_twice", _LN1Twice, "the MLP reads `self.ln2(resid_mid)`: each sub-layer has its own LayerNorm."),
+    Mistake("first_layer_norm_used_twice", _LN1Twice, "the MLP reads `self.ln2(resid_mid)`: each sub-layer has its own LayerNorm."),
+    Mistake("in_place", _BlockInPlace,
+            "`resid_pre += ...` overwrites the caller's tensor: write `resid_mid = resid_pre + ...` instead."),
 ]
 
 
@@ -495,8 +506,8 @@ class _LastPositionOnly(ref.Unembed):
 
 
 UNEMBED_MISTAKES = [
-    Mistake("missing_b_U", _NoBU, "add the bias `self.b_U` (GPT-2's is zero, which is why the real-model case passes)."),
-    Mistake("tied_to_W_E", _TiedToWE,
+    Mistake("unembedding_bias_missing", _NoBU, "add the bias `self.b_U` (GPT-2's is zero, which is why the real-model case passes)."),
+    Mistake("embedding_matrix_reused", _TiedToWE,
             "use this module's own `self.W_U`, not the embedding's W_E.T: GPT-2 ties them, but the course keeps them separate parameters."),
     Mistake("returns_probabilities", _Softmax, "return logits, not probabilities: leave out the softmax."),
     Mistake("returns_log_probabilities", _LogSoftmax, "return logits, not log-probabilities: leave out the log_softmax."),

@@ -4,11 +4,12 @@ edit the notebook and run `make build`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch as t
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import HookedRootModule
+from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from utils.reference.components import Attention, Config, Embed, LayerNorm, MLP, PosEmbed, TransformerBlock, Unembed
@@ -22,6 +23,8 @@ class TransformerConfig(Config):
     """
 
     attn_only: bool = False
+    # TransformerLens's ActivationCache reads this to know how to apply the final LayerNorm to a stack.
+    normalization_type: ClassVar[str] = "LN"
 
     @classmethod
     def gpt2_small(cls) -> "TransformerConfig":
@@ -68,3 +71,54 @@ class EducationalTransformer(HookedRootModule):
         for block in self.blocks:
             residual = block(residual)
         return self.unembed(self.ln_final(residual))
+
+    def run_with_cache(self, *model_args, remove_batch_dim: bool = False, **kwargs) -> tuple[Tensor, ActivationCache]:
+        """`(logits, cache)`: every HookPoint's activation, in TransformerLens's `ActivationCache`."""
+        out, cache = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
+        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+
+
+def init_weights(model: nn.Module) -> None:
+    """GPT-2's initialisation, in place: each weight W ~ N(0, init_range^2), each bias 0, each LayerNorm gain 1.
+
+    Parameters are told apart by TransformerLens's names: LayerNorm's are `w` and `b`, other biases start with `b_`.
+    """
+    init_range = model.cfg.init_range
+    for name, param in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "w":
+            nn.init.ones_(param)
+        elif leaf == "b" or leaf.startswith("b_"):
+            nn.init.zeros_(param)
+        else:
+            nn.init.normal_(param, mean=0.0, std=init_range)
+
+
+def load_gpt2_weights(model: nn.Module, params: dict[str, Tensor]) -> nn.Module:
+    """Copy `params` (TransformerLens names) into `model`; every parameter must be given, every name must exist.
+
+    Buffers (each attention's IGNORE) are not weights: they keep the model's own values.
+    """
+    state = model.state_dict()
+    buffers = {name for name, _ in model.named_buffers() if name in state}
+    missing = sorted(set(state) - buffers - set(params))
+    unexpected = sorted(set(params) - set(state))
+    if missing or unexpected:
+        raise KeyError(f"load_gpt2_weights: missing {missing}, unexpected {unexpected}")
+    model.load_state_dict({**{name: state[name] for name in buffers}, **params}, strict=True)
+    return model
+
+
+def get_log_probs(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
+    """log p(tokens[:, i+1] | tokens[:, :i+1]) = log_softmax(logits[:, i])[tokens[:, i+1]], for i < pos - 1."""
+    log_probs = logits.log_softmax(dim=-1)
+    return log_probs[:, :-1].gather(dim=-1, index=tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def greedy_generate(model: nn.Module, tokens: Int[Tensor, "batch pos"], max_new_tokens: int) -> Int[Tensor, "batch pos_plus_new"]:
+    """Append, max_new_tokens times, the argmax of the last position's logits (the whole sequence is re-run)."""
+    with t.no_grad():
+        for _ in range(max_new_tokens):
+            next_token = model(tokens)[:, -1].argmax(dim=-1, keepdim=True)
+            tokens = t.cat([tokens, next_token], dim=-1)
+    return tokens
