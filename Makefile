@@ -44,3 +44,25 @@ grade: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# ---- Grading with nbgrader (docs/instructors.md). CH="02_components 03_assembly" limits a step to chapters;
+# SUBMISSIONS is a folder holding <student>/<chapter>.ipynb. Submissions run sandboxed (bubblewrap).
+.PHONY: release collect autograde feedback export grading-bench
+release: $(STAMP)
+	$(PY) -m utils.grading release $(CH)
+
+collect: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make collect SUBMISSIONS=folder/with/<student>/<chapter>.ipynb"; exit 2; }
+	$(PY) -m utils.grading collect $(SUBMISSIONS) $(CH)
+
+autograde: $(STAMP)
+	$(PY) -m utils.grading autograde $(CH)
+
+feedback: $(STAMP)
+	$(PY) -m utils.grading feedback $(CH)
+
+export: $(STAMP)
+	$(PY) -m utils.grading export
+
+grading-bench: $(STAMP)
+	$(PY) -m utils.grading.bench --students $(or $(STUDENTS),30) $(if $(CH),--chapter $(CH))

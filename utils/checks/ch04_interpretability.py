@@ -58,6 +58,18 @@ def _random_pattern(batch: int, n_heads: int, pos: int, seed: int) -> Tensor:
     return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run on one thread, then restore: the induction model's ops are too small to share, and on a busy
+    machine two threads fighting over tiny ops make an ablation sweep tens of times slower."""
+    threads = t.get_num_threads()
+    t.set_num_threads(1)
+    try:
+        yield
+    finally:
+        t.set_num_threads(threads)
+
+
 def _copy_cache(cache) -> ActivationCache:
     """A fresh ActivationCache with cloned tensors: the learner may read it any way, and cannot touch ours."""
     return ActivationCache({name: value.clone() for name, value in cache.items()}, cache.model)
@@ -194,6 +206,12 @@ def induction_score(induction_score: Callable) -> None:
 @checker("head_ablation", ABLATION_MISTAKES, chapter=CHAPTER)
 def head_ablation(head_ablation_effect: Callable) -> None:
     """Loss increase on the repeated half for every zero-ablated head of the induction model."""
+    with _one_thread():
+        n = _head_ablation(head_ablation_effect)
+    passed(f"head_ablation_effect matches the reference on {n} inputs")
+
+
+def _head_ablation(head_ablation_effect: Callable) -> int:
     model = load_induction_model()
     hooks_hint = next(m.hint for m in ABLATION_MISTAKES if m.name == "hooks_left_on_the_model")
     cases = ((4, 10, 14), (2, 15, 15))
@@ -212,4 +230,4 @@ def head_ablation(head_ablation_effect: Callable) -> None:
         assert_matches(out, expected, "head_ablation_effect", context=context,
                        mistakes=lambda tokens=tokens, repeat_len=repeat_len: _run_mistakes(
                            ABLATION_MISTAKES, copy.deepcopy(model), tokens, repeat_len))
-    passed(f"head_ablation_effect matches the reference on {len(cases)} inputs")
+    return len(cases)

@@ -262,8 +262,17 @@ def run_module(Cls: type, case: Case, what: str, names: Iterable[str] | None = N
     call = call or (lambda m, *xs: m(*xs))
     with t.no_grad():
         out = call_learner(f"{what}.forward", call, module, *inputs, context=case.label)
-    assert_unchanged(before, inputs, f"{what}.forward")
+    assert_unchanged(before, inputs, f"{what}.forward", _argument_names(module.forward))
     return out
+
+
+def _argument_names(fn) -> list[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def check_module(

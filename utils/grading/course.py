@@ -47,13 +47,15 @@ class Course:
     root: Path = REPO
 
     @classmethod
-    def temporary(cls, root: Path, source_dir: Path | None = None) -> "Course":
-        """A fresh course directory at `root` (tests, benchmark) with its own gradebook."""
+    def temporary(cls, root: Path, source_dir: Path | None = None, settings: str = "") -> "Course":
+        """A fresh course directory at `root` (tests, benchmark) with its own gradebook; `settings` are extra
+        lines for its nbgrader_config.py (e.g. "c.Execute.timeout = 60")."""
         root.mkdir(parents=True, exist_ok=True)
         source_dir = source_dir or root.parent / f"{root.name}-source" / "source"
         (root / "nbgrader_config.py").write_text(
             "from utils.grading.config import configure\n\n"
-            f"configure(get_config(), root={str(root)!r}, source_dir={str(source_dir)!r})  # noqa: F821\n",
+            f"c = get_config()  # noqa: F821\n"
+            f"configure(c, root={str(root)!r}, source_dir={str(source_dir)!r})\n{settings}\n",
             encoding="utf-8",
         )
         return cls(root)
