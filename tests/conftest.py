@@ -38,3 +38,21 @@ def cfg():
     from utils.reference_model import course_config
 
     return course_config()
+
+
+@pytest.fixture(scope="session")
+def executed_solution():
+    """executed_solution(path) -> (executed notebook, grade rows): each solution notebook runs once per session.
+
+    Executing a notebook is the slow part of the suite; tests that need a solution's outputs share one run
+    (utils.grade.run_notebook: a copy is executed, nothing is written back)."""
+    from utils.grade import run_notebook
+
+    cache = {}
+
+    def get(path: Path):
+        if path not in cache:
+            cache[path] = run_notebook(path)
+        return cache[path]
+
+    return get

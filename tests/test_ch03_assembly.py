@@ -328,5 +328,5 @@ def test_demo_runs_offline(capsys):
 
     demo.main([])
     out = capsys.readouterr().out
-    for needle in ("parameters", "Reference model", "max |logit diff|", "loss", "greedy"):
+    for needle in ("parameters", "reference in use", "max |logit diff|", "loss", "top next tokens", "greedy"):
         assert needle in out

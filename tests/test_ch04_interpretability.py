@@ -30,6 +30,15 @@ CATALOGUE = [(exercise, mistake) for exercise in EXERCISES for mistake in MISTAK
 # --------------------------------------------------------------------------------------- the shipped model
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The induction model's ops are tiny: on a busy 2-core machine, two threads fighting over them are far slower."""
+    threads = t.get_num_threads()
+    t.set_num_threads(1)
+    yield
+    t.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def shipped_metrics():
     return circuit_metrics(load_induction_model())

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TransformerConfig(**config_fields(args.reference))
     model = load_gpt2_weights(EducationalTransformer(cfg), reference_params(kind=args.reference)).eval()
     n_params = sum(p.numel() for p in model.parameters())
+    print(f"reference in use: {info.kind} ({'real GPT-2 small' if info.is_real else 'random weights, GPT-2 architecture'})")
     print(f"EducationalTransformer: {cfg.n_layers} layers, d_model {cfg.d_model}, {n_params:,} parameters "
           f"(reference: {info.kind})")
 

@@ -114,7 +114,7 @@ class CDPError(RuntimeError):
 class Chromium:
     """One headless Chromium; `open(url)` gives a `Page` in a fresh tab."""
 
-    def __init__(self, executable: str, proxy_port: int, width: int = 1280, height: int = 1000) -> None:
+    def __init__(self, executable: str, proxy_port: int, width: int = 1280, height: int = 1400) -> None:
         import websocket
 
         self.profile = tempfile.mkdtemp(prefix="tfs-chromium-")
@@ -272,10 +272,12 @@ class Page:
             self.browser.pump(interval)
         return False
 
-    def screenshot(self, clip: dict, path: Path) -> None:
-        """A PNG of the page region `clip` (page coordinates: x, y, width, height)."""
+    def screenshot(self, clip: dict, path: Path, beyond_viewport: bool = False) -> None:
+        """A PNG of the page region `clip` (page coordinates: x, y, width, height).
+
+        Scroll the region into view first: capturing beyond the viewport re-lays out a tall page (seconds)."""
         data = self.browser.call("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
+            "format": "png", "captureBeyondViewport": beyond_viewport,
             "clip": {"x": clip["x"], "y": clip["y"], "width": clip["width"], "height": clip["height"], "scale": 1},
         }, self.session)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ def execute(path: Path, timeout: int = 300):
 
     nb = nbformat.read(str(path), as_version=4)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TFS_FAST": "1"}
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     client.execute(env=env)
     return nb
@@ -192,10 +192,13 @@ def render(browser: Chromium, url: str, found: list[Figure], shots: Path | None,
         measurements = [measure(page, f) for f in found]
         saved = []
         if shots is not None:
+            viewport = page.evaluate("window.innerHeight")
             for number, (f, m) in enumerate(zip(found, measurements), 1):
                 if m.get("exists") and m["box"]["width"] > 0 and m["box"]["height"] > 0:
+                    page.evaluate(f"document.getElementById({json.dumps(f.element_id)}).scrollIntoView()")
+                    box = measure(page, f)["box"]
                     path = shots / f"{number:02d}-cell{f.cell:03d}-{f.kind}.png"
-                    page.screenshot(m["box"], path)
+                    page.screenshot(box, path, beyond_viewport=box["height"] > viewport)
                     saved.append(path)
         browser.pump(0.2)
         return Rendered(found, measurements, page.log.external, list(page.log.errors), saved)

@@ -226,9 +226,11 @@ def _quietly(fn, *args):
 
 
 def _outcome(fn, *args) -> Tensor | Exception:
-    """What a catalogued mistake returns on `args`, or the exception it raises (matched by type and message)."""
+    """What a catalogued mistake returns on `args`, or the exception it raises (matched by type and message).
+    It draws from the same random stream as the learner's call (seeded 0), so a sampling mistake replays exactly."""
     try:
-        with t.no_grad():
+        with t.no_grad(), t.random.fork_rng(devices=[]):
+            t.manual_seed(0)
             return _quietly(fn, *args)
     except Exception as exc:  # a mistake that crashes is matched by its error, not its output
         return exc
@@ -587,6 +589,7 @@ def greedy_generate(greedy_generate_fn) -> None:
     for label, prompt, n_new in cases:
         expected = _reference_greedy(prompt, n_new)
         inputs = prompt.clone()
+        t.manual_seed(0)  # the stream each catalogued mistake replays with
         try:
             out = call_learner(what, greedy_generate_fn, model, inputs, n_new, context=label)
         except NotImplementedYet:
