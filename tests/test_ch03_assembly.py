@@ -330,3 +330,12 @@ def test_demo_runs_offline(capsys):
     out = capsys.readouterr().out
     for needle in ("parameters", "reference in use", "max |logit diff|", "loss", "top next tokens", "greedy"):
         assert needle in out
+
+
+@pytest.mark.slow
+def test_solution_components_are_all_used(capsys):
+    from utils.learner_components import ROOT
+
+    parts = learner_components(ROOT / "solutions" / "02_components.ipynb")
+    assert parts.yours == list(COMPONENT_CHECKS), parts.reasons
+    assert capsys.readouterr().out.startswith("Components: yours, all 7")

@@ -286,8 +286,8 @@ def small_corpus():
 def test_stdlib_corpus_is_cut_into_sequences(small_corpus):
     assert small_corpus.train.shape[1] == small_corpus.val.shape[1] == 32
     assert len(small_corpus.train) > 10 * len(small_corpus.val) > 0
-    assert small_corpus.vocab.size == 512
-    assert int(small_corpus.train.max()) < 512 and int(small_corpus.val.max()) < 512
+    assert 100 < small_corpus.vocab.size <= 512  # three files hold fewer than 511 distinct tokens
+    assert int(small_corpus.train.max()) < small_corpus.vocab.size and int(small_corpus.val.max()) < small_corpus.vocab.size
 
 
 def test_tinystories_is_never_attempted_offline(monkeypatch):

@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient.exceptions import DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
@@ -75,6 +76,9 @@ class SafeExecute(Execute):
             return cell
         finally:
             self.timeout = cell_timeout
+
+    # nbclient binds its synchronous wrapper to its own coroutine; nbconvert calls the wrapper
+    execute_cell = run_sync(async_execute_cell)
 
     def output(self, outs, msg, display_id, cell_index):
         content = msg.get("content", {})

@@ -55,7 +55,7 @@ TAMPER_ATTRS = {"f_back", "f_locals", "f_globals", "f_builtins", "f_code", "tb_f
                 "__setattr__", "__delattr__", "__torch_function__", "__torch_dispatch__", "__import__",
                 "__loader__", "__spec__", "_getframe", "settrace", "setprofile", "meta_path", "path_hooks",
                 "excepthook", "displayhook"}
-SYS_ATTRS = {"modules", "stdout", "stderr", "__stdout__", "__stderr__"}  # flagged on `sys` only
+SYS_ATTRS = {"modules"}  # flagged on `sys` only (writing sys.stdout etc. is a module-attribute store)
 MODULE_ALIASES = {"t", "torch", "np", "numpy", "F", "nn", "einops", "checks", "utils", "sys", "os", "math",
                   "builtins", "jaxtyping", "transformer_lens", "functools", "warnings", "random"}
 TAMPER_DEFS = {"__torch_function__", "__torch_dispatch__"}
