@@ -59,7 +59,11 @@ def browser():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    """A folder served on 127.0.0.1, laid out like the repository: solution pages go to solutions/, and
+    docs/ is the repository's, so that the notebooks' `../docs/img/...` diagrams resolve as in JupyterLab."""
     folder = tmp_path_factory.mktemp("pages")
+    (folder / "solutions").mkdir()
+    (folder / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
     server = StaticServer(folder)
     yield folder, server
     server.close()
@@ -90,10 +94,11 @@ def rendered(browser, site, executed_solution):
         if name not in cache:
             nb = executed_solution(path)[0] if path in SOLUTION_NOTEBOOKS else execute(path)
             found, problems = figures(nb)
-            (folder / f"{name}.html").write_text(export_html(nb, name), encoding="utf-8")
+            page = f"{path.parent.name}/{name}.html" if path in SOLUTION_NOTEBOOKS else f"{name}.html"
+            (folder / page).write_text(export_html(nb, name), encoding="utf-8")
             shots = ARTIFACTS / name
             shutil.rmtree(shots, ignore_errors=True)
-            cache[name] = nb, problems, render(chromium, f"{server.url}/{name}.html", found, shots)
+            cache[name] = nb, problems, render(chromium, f"{server.url}/{page}", found, shots)
         return cache[name]
 
     return get

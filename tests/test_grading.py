@@ -8,6 +8,7 @@ the tests then read the gradebook and the autograded notebooks. The hostile corp
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -272,3 +273,23 @@ def test_scan_ignores_given_code_from_the_release():
     assert _scan(given, release_sources=(given,)) == []
     assert _scan(given + "\nclass Mine(LayerNorm):\n    pass", release_sources=(given,)) == []
     assert _scan("from utils.reference.components import MLP", release_sources=(given,)) != []
+
+
+# ----------------------------------------------------------------------------------- execution limits
+
+
+@pytest.mark.skipif(not SANDBOXED, reason=NO_SANDBOX)
+def test_notebook_time_limit_and_dead_kernel_score_only_later_cells(tmp_path):
+    from utils.grading.execute import SafeExecute
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in
+                ["x = 1", "import time\ntime.sleep(300)", "print('late')", "import os\nos._exit(3)"]]
+    timed, _ = SafeExecute(timeout=300, notebook_timeout=25).preprocess(
+        copy.deepcopy(nb), {"metadata": {"path": str(tmp_path)}})
+    assert timed.cells[0].outputs == []
+    assert [o.get("ename") for o in timed.cells[1].outputs][0] == "KeyboardInterrupt"
+    assert [o.get("ename") for o in timed.cells[2].outputs + timed.cells[3].outputs] == ["NotebookTimeout"] * 2
+    nb.cells = [nb.cells[0], nb.cells[3], nb.cells[2]]
+    died, _ = SafeExecute(timeout=60).preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    assert [o.get("ename") for c in died.cells[1:] for o in c.outputs] == ["KernelDied", "KernelDied"]

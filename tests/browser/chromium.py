@@ -123,7 +123,7 @@ class Chromium:
             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
             "--disable-extensions", "--disable-default-apps", "--disable-domain-reliability",
             "--disable-client-side-phishing-detection", "--no-default-browser-check", "--metrics-recording-only",
-            "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate,AutofillServerCommunication",
+            "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
             "--hide-scrollbars", "--mute-audio", f"--window-size={width},{height}",
             f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
             f"--proxy-server=http://127.0.0.1:{proxy_port}",

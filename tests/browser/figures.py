@@ -1,7 +1,8 @@
 """Execute a notebook copy, export it as the HTML page a learner would save, and check its figures in Chromium.
 
 A figure is found in the executed notebook's outputs, by the id of the element its HTML draws into:
-- plotly: `<div id="…" class="plotly-graph-div">`, which plotly.js turns into `.js-plotly-plot` with `.main-svg` layers;
+- plotly: `<div id="…" class="plotly-graph-div">`, which plotly.js turns into `.js-plotly-plot` holding
+  `.main-svg` layers;
 - circuitsvis: `<div id="circuits-vis-…">`, into which its React bundle renders the view (canvas/SVG/HTML).
 """
 
@@ -132,7 +133,8 @@ _MEASURE = r"""
     out.sized_layers = svgs.filter(sized).length;
     out.traces = (el._fullData || []).length;
     // the marks themselves: heatmap images, bars, lines and markers
-    out.marks = el.querySelectorAll('.heatmaplayer image, .imagelayer image, .bars path, .js-line, .points path, .trace path').length;
+    out.marks = el.querySelectorAll(
+      '.heatmaplayer image, .imagelayer image, .bars path, .js-line, .points path, .trace path').length;
   } else {
     const canvases = [...el.querySelectorAll('canvas')], svgs = [...el.querySelectorAll('svg')];
     out.elements = el.querySelectorAll('*').length;
@@ -144,6 +146,11 @@ _MEASURE = r"""
   return out;
 })()
 """
+
+
+# The JavaScript form of `drawn()`'s last condition, polled until every figure on the page meets it.
+_READY = {"plotly": "m.sized_layers > 0 && m.traces > 0 && m.marks > 0",
+          "circuitsvis": "m.elements > 0 && (m.painted_canvases > 0 || m.svgs > 0)"}
 
 
 def _js(figure: Figure) -> str:
@@ -182,11 +189,8 @@ def render(browser: Chromium, url: str, found: list[Figure], shots: Path | None,
     """Open `url`, wait until every figure drew (or `timeout`), measure them, screenshot each into `shots`."""
     page = browser.open(url)
     try:
-        ready = " && ".join(
-            f"(() => {{ const m = {_js(f)}; "
-            f"return m.exists && m.box.width > 0 && m.box.height > 0 && "
-            f"({'m.sized_layers > 0 && m.marks > 0' if f.kind == 'plotly' else 'm.elements > 0'}); }})()"
-            for f in found) or "true"
+        ready = " && ".join(f"(() => {{ const m = {_js(f)}; return m.exists && m.box.width > 0 && "
+                            f"m.box.height > 0 && ({_READY[f.kind]}); }})()" for f in found) or "true"
         page.wait_for(ready, timeout=timeout)
         browser.pump(settle)  # late errors (a failed lazy load) still reach the log
         measurements = [measure(page, f) for f in found]

@@ -152,8 +152,8 @@ def component_hint(name: str) -> str:
         return "ln_final runs once, on the output of the LAST block (`blocks[-1]`), before unembed."
     layer, rest = int(match.group(1)), match.group(2)
     hints = {
-        "hook_resid_pre": ("block 0 reads `hook_embed + hook_pos_embed`." if layer == 0 else
-                           f"block {layer} must read block {layer - 1}'s output (`residual = block(residual)`), in order."),
+        "hook_resid_pre": ("Block 0 reads `hook_embed + hook_pos_embed`." if layer == 0 else
+                           f"Block {layer} must read block {layer - 1}'s output (`residual = block(residual)`), in order."),
         "ln1.hook_scale": "LayerNorm (ln1): the scale is sqrt(biased variance + eps).",
         "ln1.hook_normalized": "LayerNorm (ln1): (x - mean) / scale * w + b.",
         "attn.hook_q": "Attention: q = x W_Q + b_Q per head.",

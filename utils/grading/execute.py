@@ -7,6 +7,7 @@ from the one that killed the kernel onwards gets an error output, so it scores 0
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 
@@ -65,7 +66,7 @@ class SafeExecute(Execute):
                                          "time limit was reached before this cell.")]
             return cell
         cell_timeout = self.timeout
-        self.timeout = max(1, int(min(cell_timeout or remaining, remaining)))
+        self.timeout = max(1, math.ceil(min(cell_timeout or remaining, remaining)))
         try:
             return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         except DeadKernelError:
