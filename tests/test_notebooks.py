@@ -23,8 +23,8 @@ def errors(nb) -> list[tuple[int, str, str]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
-def test_solution_notebook_passes_every_exercise(path):
-    nb, rows = run_notebook(path)
+def test_solution_notebook_passes_every_exercise(path, executed_solution):
+    nb, rows = executed_solution(path)  # shared with the browser test: each solution runs once per session
     assert not errors(nb), errors(nb)
     failing = [(r.exercise, r.message) for r in rows if not r.ok]
     assert not failing, failing
