@@ -15,6 +15,7 @@ help:
 	@echo "make test   - create .venv if missing, then run every test"
 	@echo "make build  - regenerate chapters/ and utils/reference/ from solutions/"
 	@echo "make grade NB=chapters/02_components.ipynb - progress report for one notebook"
+	@echo "make bench  - speed figures against TransformerLens/transformers (bench/results/latest.md)"
 
 env: $(STAMP)
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -41,6 +42,11 @@ check-build: $(STAMP)
 
 grade: $(STAMP)
 	$(PY) -m utils.grade $(NB)
+
+# Speed figures beside their peers (bench/run.py); writes bench/results/latest.{md,json}.
+# BENCH_ARGS="--only generation" or "--students 6" for a shorter run.
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

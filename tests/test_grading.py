@@ -45,7 +45,7 @@ def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and not str(p.relative_to(root)).startswith(skip)}
 
 
-def tested_chapters() -> list[str]:
+def chapters_under_test() -> list[str]:
     """Every chapter, or those in TFS_GRADING_CHAPTERS (space-separated) for a quicker local run."""
     wanted = os.environ.get("TFS_GRADING_CHAPTERS", "").split()
     return [c for c in chapters() if not wanted or c in wanted]
@@ -55,7 +55,7 @@ def grade_chapters(base: Path) -> dict:
     """Full, zero and partial submissions for every chapter, in one course directory."""
     course = Course.temporary(base / "chapters", settings=SETTINGS)
     results = {}
-    for chapter in tested_chapters():
+    for chapter in chapters_under_test():
         course.release(chapter)
         lay = layout(course, chapter)
         course.submit("solution", chapter, nbformat.writes(clean(lay.solution)))
@@ -84,7 +84,7 @@ def grade_corpus(base: Path) -> dict:
                "repo_solutions": str(REPO / "solutions" / OUTSIDE_MARKER),
                "course_package": str(REPO / "utils" / "checks" / OUTSIDE_MARKER)}
     secret = {"other_student": str(bystander), "hidden_tests": str(REPO / "solutions" / f"{HOSTILE_CHAPTER}.ipynb"),
-              "gradebook": str(course.root / "gradebook.db"), "repo_root": str(REPO),
+              "gradebook": str(course.root / "gradebook.db"), "git_history": str(REPO / ".git"),
               "own_autograded_copy": str(course.root / "autograded" / "reads_other_students_and_hidden_tests")}
     cases = corpus(outside, secret)
     for case in cases:
@@ -118,14 +118,14 @@ def graded(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ chapters
 
 
-@pytest.mark.parametrize("chapter", tested_chapters())
+@pytest.mark.parametrize("chapter", chapters_under_test())
 def test_release_equals_chapters(graded, chapter):
     course = graded["chapters"][chapter][0]
     release = course.root / "release" / chapter / f"{chapter}.ipynb"
     assert release_differences(release, REPO / "chapters" / f"{chapter}.ipynb") == []
 
 
-@pytest.mark.parametrize("chapter", tested_chapters())
+@pytest.mark.parametrize("chapter", chapters_under_test())
 def test_full_zero_partial_marks(graded, chapter):
     course, lay, expected, run = graded["chapters"][chapter]
     assert run.returncode == 0, run.log[-3000:]
@@ -138,7 +138,7 @@ def test_full_zero_partial_marks(graded, chapter):
 
 
 def test_export_and_feedback(graded):
-    chapter = tested_chapters()[0]
+    chapter = chapters_under_test()[0]
     course = graded["chapters"][chapter][0]
     assert course.feedback(chapter).returncode == 0
     assert (course.root / "feedback" / "solution" / chapter / f"{chapter}.html").exists()

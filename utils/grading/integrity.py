@@ -308,7 +308,7 @@ class RestoreDeletedTestCells(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         info = resources["nbgrader"]
         release = release_notebook(CourseDirectory(config=self.config), info["assignment"], info["notebook"])
-        present = {cell.metadata.nbgrader["grade_id"] for cell in nb.cells if is_grade(cell) or is_locked(cell)}
+        present = {cell.metadata.get("nbgrader", {}).get("grade_id") for cell in nb.cells}
         ids = [cell.metadata.get("nbgrader", {}).get("grade_id") for cell in nb.cells]
         for position, cell in enumerate(release.cells):
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
