@@ -18,10 +18,12 @@ WARMUP_TOKENS = 4
 LOGIT_CHECK_STEPS = 8
 
 
-def _timed(fn) -> tuple[float, t.Tensor]:
+def _timed(label: str, fn) -> tuple[float, t.Tensor]:
     start = time.perf_counter()
     out = fn()
-    return time.perf_counter() - start, out
+    seconds = time.perf_counter() - start
+    print(f"[bench]   {label}: {seconds:.1f} s", flush=True)  # the uncached run is long: show progress
+    return seconds, out
 
 
 def hf_greedy(hf, prompt: t.Tensor, new_tokens: int) -> t.Tensor:
@@ -60,9 +62,9 @@ def run(results: dict, new_tokens: int = NEW_TOKENS) -> None:
         hf_greedy(hf, prompt, WARMUP_TOKENS)
         generate(ours, prompt, WARMUP_TOKENS, temperature=0.0)
         # One timed run each: a 256-token generation is itself an average over 256 steps.
-        cached_s, cached = _timed(lambda: generate_with_cache(ours, prompt, new_tokens, temperature=0.0))
-        hf_s, theirs = _timed(lambda: hf_greedy(hf, prompt, new_tokens))
-        uncached_s, uncached = _timed(lambda: generate(ours, prompt, new_tokens, temperature=0.0))
+        cached_s, cached = _timed("course, KV cache", lambda: generate_with_cache(ours, prompt, new_tokens, temperature=0.0))
+        hf_s, theirs = _timed("transformers generate", lambda: hf_greedy(hf, prompt, new_tokens))
+        uncached_s, uncached = _timed("course, uncached", lambda: generate(ours, prompt, new_tokens, temperature=0.0))
         drift = cached_logit_drift(ours, hf, cached, PROMPT_TOKENS, min(LOGIT_CHECK_STEPS, new_tokens))
     cfg = ours.cfg
     results["generation"] = {
