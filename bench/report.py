@@ -118,8 +118,10 @@ def _checks(r: dict) -> list[str]:
         lines.append(f"- {key}: course and transformers logits differ by at most {row['max_abs_logit_diff']:.1e}.")
     g = r.get("generation")
     if g:
+        diverged = g.get("first_divergence_from_transformers")
+        where = f" (first differs at new token {diverged})" if diverged is not None else ""
         lines.append(f"- generation ({g['model']}, prompt {g['prompt_tokens']} tokens): same tokens as transformers: "
-                     f"{_yes(g['same_tokens_as_transformers'])}; cached = uncached tokens: "
+                     f"{_yes(g['same_tokens_as_transformers'])}{where}; cached = uncached tokens: "
                      f"{_yes(g['same_tokens_cached_uncached'])} ({g['distinct_new_tokens']} distinct new tokens); "
                      f"cached logits differ from a full forward pass by at most {g['cached_max_abs_logit_diff']:.1e}.")
     gr = r.get("grading")

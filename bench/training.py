@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch as t
 
-from bench.timing import median_seconds
+from bench.timing import interleaved_medians
 
 D_VOCAB = 8192  # chapter 05's compact vocabulary: the 8,191 most frequent tokens plus "unknown"
 N_CTX = 128
@@ -61,8 +61,9 @@ def run(results: dict, steps: int = STEPS) -> None:
         return
     batch_size = trainer.args.batch_size
     trainer.model.train()
-    course_s = median_seconds(lambda: trainer.training_step(trainer.sample_batch()), repeats=steps, warmup=2)
-    hf_s = median_seconds(_hf_step(cfg, batch_size), repeats=steps, warmup=2)
+    seconds = interleaved_medians({"course": lambda: trainer.training_step(trainer.sample_batch()),
+                                   "transformers": _hf_step(cfg, batch_size)}, repeats=steps, warmup=2)
+    course_s, hf_s = seconds["course"], seconds["transformers"]
     results["training"] = {
         "available": True,
         "model": f"{cfg.n_layers} layers, d_model {cfg.d_model}, d_vocab {cfg.d_vocab}, batch {batch_size}x{cfg.n_ctx}",

@@ -26,6 +26,7 @@ RESULTS = {
     "generation": {"model": "GPT-2 small size", "prompt_tokens": 16, "new_tokens": 256,
                    "course_cached_tok_s": 30.0, "transformers_tok_s": 20.0, "course_uncached_tok_s": 4.0,
                    "same_tokens_as_transformers": True, "same_tokens_cached_uncached": True,
+                   "first_divergence_from_transformers": None,
                    "distinct_new_tokens": 3, "cached_max_abs_logit_diff": 2e-6},
     "training": {"available": True, "model": "2 layers, d_model 128", "parameters": 2_500_000,
                  "course_steps_per_s": 4.5, "transformers_steps_per_s": 3.0},
@@ -105,12 +106,12 @@ def test_unavailable_sections_and_errors_are_reported_not_raised():
     results = copy.deepcopy(RESULTS)
     results["training"] = {"available": False, "reason": "ImportError: no module utils.reference.training"}
     results["grading"] = {"available": False, "reason": "exit 1: bwrap missing"}
-    results["generation"]["same_tokens_as_transformers"] = False
+    results["generation"] |= {"same_tokens_as_transformers": False, "first_divergence_from_transformers": 31}
     results["errors"] = {"models": "RuntimeError: boom"}
     table = markdown(results)
     assert "not available (ImportError: no module utils.reference.training)" in _line(table, "| training steps/s")
     assert "not available (exit 1: bwrap missing)" in _line(table, "| nbgrader autograde per submission")
-    assert "same tokens as transformers: NO" in table
+    assert "same tokens as transformers: NO (first differs at new token 31)" in table
     assert "**Section `models` failed:** RuntimeError: boom" in table
 
 

@@ -27,7 +27,7 @@ from utils.grading.sandbox import missing_tools
 
 pytestmark = pytest.mark.slow
 HOSTILE_CHAPTER = "02_components"
-CELL_TIMEOUT_S = 60  # generous for a loaded 2-core machine; the infinite loop costs this much
+CELL_TIMEOUT_S = 120  # the course's own limit: chapter 05's training cell needs it on a loaded machine
 NOTEBOOK_TIMEOUT_S = 400
 SETTINGS = f"c.Execute.timeout = {CELL_TIMEOUT_S}\nc.SafeExecute.notebook_timeout = {NOTEBOOK_TIMEOUT_S}\n"
 SANDBOXED = not missing_tools()
@@ -51,6 +51,13 @@ def chapters_under_test() -> list[str]:
     return [c for c in chapters() if not wanted or c in wanted]
 
 
+# A half-done submission scores exactly its exercises' points and 0 for the rest, so it proves both directions
+# for every chapter; full and untouched submissions of every chapter (3 kernels each) are the full matrix,
+# kept for TFS_GRADING_FULL=1 to hold `make test` inside its time budget. The solutions' full marks are also
+# proven by tests/test_notebooks.py, which runs every check of every solution.
+FULL_MATRIX = os.environ.get("TFS_GRADING_FULL", "") == "1"
+
+
 def grade_chapters(base: Path) -> dict:
     """Full, zero and partial submissions for every chapter, in one course directory."""
     course = Course.temporary(base / "chapters", settings=SETTINGS)
@@ -58,9 +65,11 @@ def grade_chapters(base: Path) -> dict:
     for chapter in chapters_under_test():
         course.release(chapter)
         lay = layout(course, chapter)
-        course.submit("solution", chapter, nbformat.writes(clean(lay.solution)))
-        course.submit("untouched", chapter, nbformat.writes(clean(lay.release)))
-        expected = {"solution": set(lay.points), "untouched": set()}
+        expected = {}
+        if chapter == HOSTILE_CHAPTER or FULL_MATRIX or len(lay.groups) <= 1:
+            course.submit("solution", chapter, nbformat.writes(clean(lay.solution)))
+            course.submit("untouched", chapter, nbformat.writes(clean(lay.release)))
+            expected = {"solution": set(lay.points), "untouched": set()}
         if len(lay.groups) > 1:
             nb, passing = partial(lay, filled=len(lay.groups) // 2)
             course.submit("partial", chapter, nbformat.writes(nb))
@@ -133,18 +142,22 @@ def test_full_zero_partial_marks(graded, chapter):
     for student, passing in expected.items():
         want = {g: (p if g in passing else 0.0) for g, p in lay.points.items()}
         assert scores[student] == want, f"{chapter}/{student}"
-    assert sum(scores["solution"].values()) == lay.total > 0
-    assert sum(scores["untouched"].values()) == 0
+    if "solution" in expected:
+        assert sum(scores["solution"].values()) == lay.total > 0
+        assert sum(scores["untouched"].values()) == 0
+    if "partial" in expected:
+        assert 0 < sum(scores["partial"].values()) < lay.total
 
 
 def test_export_and_feedback(graded):
-    chapter = chapters_under_test()[0]
-    course = graded["chapters"][chapter][0]
+    chapter = HOSTILE_CHAPTER if HOSTILE_CHAPTER in chapters_under_test() else chapters_under_test()[0]
+    course, _, expected, _ = graded["chapters"][chapter]
+    student = "solution" if "solution" in expected else "partial"
     assert course.feedback(chapter).returncode == 0
-    assert (course.root / "feedback" / "solution" / chapter / f"{chapter}.html").exists()
+    assert (course.root / "feedback" / student / chapter / f"{chapter}.html").exists()
     rows = course.export().read_text().splitlines()
     assert rows[0].startswith("assignment,duedate,timestamp,student_id")
-    assert any(",solution," in row for row in rows)
+    assert any(f",{student}," in row for row in rows)
 
 
 # -------------------------------------------------------------------------------------------------- corpus

@@ -61,6 +61,10 @@ def configure(c, root: str | Path | None = None, source_dir: str | Path | None =
     c.Execute.timeout = CELL_TIMEOUT_S
     c.SafeExecute.notebook_timeout = NOTEBOOK_TIMEOUT_S
     c.SafeExecute.max_output_bytes = 200_000
+    # output that arrives late on a loaded machine is not a reason to abort a submission: a cell's error is
+    # known from its execute reply (nbgrader adds the error output when iopub lost it)
+    c.Execute.iopub_timeout = 15
+    c.Execute.raise_on_iopub_timeout = False
     c.LimitOutput.max_lines = 1000
     c.LimitOutput.max_traceback = 100
     c.Autograde.sanitize_preprocessors = [
