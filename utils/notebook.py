@@ -74,7 +74,9 @@ def setup_notebook() -> None:
     _show_circuitsvis_inline()
     # transformers and TransformerLens log advice to stderr on every model load; nbgrader scores a cell
     # with stderr output as failed, and a learner cannot act on it anyway.
-    for name in ("transformers", "transformer_lens", "huggingface_hub"):
+    from utils.reference_model import CHATTY_LOGGERS
+
+    for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")

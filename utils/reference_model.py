@@ -34,6 +34,8 @@ from urllib.parse import urlparse
 import torch as t
 from torch import Tensor
 
+# Libraries that log advice to stderr on every model load (nbgrader fails a test cell that writes there).
+CHATTY_LOGGERS = ("transformers", "transformer_lens", "huggingface_hub")
 KINDS = ("auto", "gpt2", "random-mini", "random-gpt2")
 # ARENA's reference sentence; real GPT-2 small's average loss on it is about 4.04 nats.
 REFERENCE_TEXT = (
@@ -64,7 +66,7 @@ def _say(line: str) -> None:
 @contextlib.contextmanager
 def _quiet():
     """Keep library advice off stderr: nbgrader fails a test cell that writes to it."""
-    loggers = [logging.getLogger(n) for n in ("transformers", "transformer_lens", "huggingface_hub")]
+    loggers = [logging.getLogger(n) for n in CHATTY_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

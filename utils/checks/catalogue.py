@@ -16,6 +16,8 @@ from pathlib import Path
 
 import nbformat
 
+from utils.grade import exercise_cells
+
 ROOT = Path(__file__).resolve().parents[2]
 _CALL = re.compile(r"^\s*checks\.(\w+)\((.*)\)\s*$")
 
@@ -32,10 +34,9 @@ def check_calls(solutions: Path = ROOT / "solutions") -> list[CheckCall]:
     calls = []
     for path in sorted(solutions.glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
-            meta = cell.get("metadata", {}).get("nbgrader", {})
-            if cell.cell_type != "code" or not meta.get("grade") or meta.get("solution"):
-                continue
+        for index, _ in exercise_cells(nb):
+            cell = nb.cells[index]
+            meta = cell.metadata["nbgrader"]
             line = next((ln for ln in cell.source.splitlines() if _CALL.match(ln)), "")
             calls.append(CheckCall(path.stem, meta["grade_id"], float(meta.get("points", 0)), line.strip()))
     return calls
