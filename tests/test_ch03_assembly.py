@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.checks import CHECKERS
-from utils.checks.ch03_assembly import bridge_name, classic_hook_names, model_config
+from utils.checks.ch03_reference import bridge_name, classic_hook_names, model_config
 from utils.checks.core import NotImplementedYet
 from utils.checks.mistakes_ch03 import (
     DIVERGES_AT, GREEDY_MISTAKES, HOOKS_MISTAKES, INIT_MISTAKES, LOAD_MISTAKES, LOSS_MISTAKES, TRANSFORMER_MISTAKES,

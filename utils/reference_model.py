@@ -26,9 +26,10 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlparse
 
 import torch as t
@@ -230,7 +231,16 @@ def reference_cache(kind: str | None = None):
 
 @functools.cache
 def _params_for(kind: str) -> dict[str, Tensor]:
+    """One detached copy of the reference's classic parameters per kind, made once. At GPT-2 size it holds
+    163M numbers (650 MB): checkers read it through `shared_params` rather than copying it again."""
     return {name: p.detach().clone() for name, p in _load(kind).tl_parameters().items()}
+
+
+def shared_params(kind: str | None = None) -> Mapping[str, Tensor]:
+    """The reference's classic parameters themselves, not copies: a read-only view for checkers that only read
+    them (names, shapes, comparisons, `load_state_dict`, which copies). Never modify them and never hand them,
+    or a module holding them, to a learner's code: `reference_params` gives copies."""
+    return MappingProxyType(_params_for(resolve_kind(kind)))
 
 
 def reference_params(prefix: str = "", kind: str | None = None) -> dict[str, Tensor]:

@@ -275,6 +275,21 @@ def _argument_names(fn) -> list[str]:
         return []
 
 
+def _named_error(error: BaseException, mistakes: Sequence[Mistake], case: Case, call) -> str:
+    """' This matches a known mistake, …' for the first mistake that raises `error`'s type and message on `case`."""
+    for mistake in mistakes:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                run_module(mistake.impl, case, mistake.name, None, call)
+        except AssertionError as exc:
+            cause = exc.__cause__
+            if cause is not None and type(cause) is type(error) and str(cause) == str(error):
+                return f" This matches a known mistake, {mistake.name.replace('_', ' ')}: {mistake.hint}"
+        except Exception:  # any other failure of a mistake matches nothing
+            continue
+    return ""
+
+
 def check_module(
     Cls: type,
     *,
@@ -290,7 +305,17 @@ def check_module(
         fail(f"Pass the class itself, e.g. checks.{what.lower()}({what}); got {describe(Cls)}.")
     names = list(names)
     for case in cases:
-        out = run_module(Cls, case, what, names, call)
+        try:
+            out = run_module(Cls, case, what, names, call)
+        except NotImplementedYet:
+            raise
+        except AssertionError as exc:
+            # The learner's code raised (`call_learner` keeps the error as the cause): a catalogued mistake that
+            # raises the same error on this case is named, e.g. a global GPT-2 matrix on a small random case.
+            named = _named_error(exc.__cause__, mistakes, case, call) if exc.__cause__ is not None else ""
+            if not named:
+                raise
+            raise AssertionError(f"{exc}{named}") from exc.__cause__
 
         def mistake_outputs(case=case):
             results = []

@@ -485,9 +485,9 @@ class _NoBU(ref.Unembed):
 
 class _TiedToWE(ref.Unembed):
     def forward(self, normalized_resid_final):
-        from utils.reference_model import reference_params  # a notebook global in the learner's version
+        from utils.reference_model import shared_params  # a notebook global (`gpt2.W_E`) in the learner's version
 
-        return normalized_resid_final @ reference_params("embed")["W_E"].T + self.b_U
+        return normalized_resid_final @ shared_params()["embed.W_E"].T + self.b_U
 
 
 class _Softmax(ref.Unembed):

@@ -98,6 +98,22 @@ class _LastPositionOnly(ref.EducationalTransformer):
         return self.unembed(self.ln_final(residual))[:, -1]
 
 
+class _UnembedWithEmbedding(ref.EducationalTransformer):
+    def forward(self, tokens):  # "GPT-2 ties its embeddings", so the learner reuses W_E
+        residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
+        for block in self.blocks:
+            residual = block(residual)
+        return self.ln_final(residual) @ self.embed.W_E.T + self.unembed.b_U
+
+
+class _UnembedWithoutBias(ref.EducationalTransformer):
+    def forward(self, tokens):
+        residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
+        for block in self.blocks:
+            residual = block(residual)
+        return self.ln_final(residual) @ self.unembed.W_U
+
+
 TRANSFORMER_MISTAKES = [
     Mistake("no_positional_embedding", _NoPosEmbed,
             "the residual stream starts as token embedding PLUS positional embedding: "
@@ -120,6 +136,12 @@ TRANSFORMER_MISTAKES = [
             "forward returns logits, not probabilities: remove the softmax (the loss applies log_softmax itself)."),
     Mistake("last_position_only", _LastPositionOnly,
             "return the logits of every position, `[batch pos d_vocab]`, not only the last one (generation slices it later)."),
+    Mistake("unembedding_with_W_E", _UnembedWithEmbedding,
+            "unembed with `self.unembed(...)`, which uses its own `W_U` and `b_U`, not `self.embed.W_E.T`: real GPT-2 ties "
+            "the two (so its logits come out right), but the course's model keeps them separate parameters."),
+    Mistake("unembedding_bias_dropped", _UnembedWithoutBias,
+            "finish with `self.unembed(...)`, which adds `b_U`: real GPT-2's b_U is zero, so leaving it out only shows "
+            "with other weights."),
 ]
 
 # The activation the first-divergence diagnostic must name for each mistake ("logits": every hook matches).
@@ -134,6 +156,8 @@ DIVERGES_AT = {
     "unembed_before_ln_final": "ln_final.hook_scale",
     "softmax_on_logits": "logits",
     "last_position_only": "logits",
+    "unembedding_with_W_E": "logits",
+    "unembedding_bias_dropped": "logits",
 }
 
 # ------------------------------------------------------------------------------------------- initialisation
@@ -245,6 +269,13 @@ def _load_over_whole_state(model, params):
     return model
 
 
+def _load_ties_unembedding(model, params):
+    # "GPT-2 ties W_U to W_E", so the learner derives the unembedding instead of copying it
+    tied = {**params, "unembed.W_U": params["embed.W_E"].T, "unembed.b_U": t.zeros_like(params["unembed.b_U"])}
+    model.load_state_dict({**dict(model.named_buffers()), **tied}, strict=True)
+    return model
+
+
 LOAD_MISTAKES = [
     Mistake("strict_false", _load_not_strict,
             "`strict=False` silently leaves a missing weight at its random value and drops a misspelt one: check the names yourself and load with strict=True."),
@@ -256,6 +287,9 @@ LOAD_MISTAKES = [
             "do not add the buffers into the caller's `params` dict: build a new one, `{**buffers, **params}`."),
     Mistake("missing_filled_from_model", _load_over_whole_state,
             "merging `params` into the WHOLE `model.state_dict()` lets a missing weight keep its random value: merge in the buffers only."),
+    Mistake("unembedding_tied_to_embedding", _load_ties_unembedding,
+            "copy `unembed.W_U` and `unembed.b_U` from the weights you are given: real GPT-2 ties W_U to W_E.T and has "
+            "b_U = 0, but other weights (and the course's models) do not."),
 ]
 
 # -------------------------------------------------------------------------------------------------- loss
