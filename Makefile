@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Notebooks never reach the hub for weights: offline is the default, and the reference loader falls back
-# to a seeded random GPT-2 at once. Set TFS_ONLINE=1 to let it download real GPT-2.
+# The reference loader (TFS_REFERENCE=auto) uses real GPT-2 small when it is in the Hugging Face cache or the
+# hub answers, and otherwise a seeded random stand-in at once. HF_HUB_OFFLINE=1 (what CI sets) skips the hub.
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= disabled

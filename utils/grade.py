@@ -70,8 +70,9 @@ def grade(path: Path, timeout: int = CELL_TIMEOUT) -> list[Row]:
     return run_notebook(path, timeout)[1]
 
 
-def run_notebook(path: Path, timeout: int = CELL_TIMEOUT):
-    """Execute a copy of the notebook at `path`; returns the executed copy and one Row per exercise."""
+def run_notebook(path: Path, timeout: int = CELL_TIMEOUT, kernel_name: str = "python3", cwd: Path | None = None):
+    """Execute a copy of the notebook at `path` (in `cwd`, default its own folder) with the kernel `kernel_name`;
+    returns the executed copy and one Row per exercise."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -86,8 +87,8 @@ def run_notebook(path: Path, timeout: int = CELL_TIMEOUT):
     if not targets:
         raise SystemExit(f"{path}: no autograded exercise cells found (is this a course notebook?).")
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
-        resources={"metadata": {"path": str(path.parent.resolve())}},
+        nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True, interrupt_on_timeout=True,
+        resources={"metadata": {"path": str((cwd or path.parent).resolve())}},
     )
     try:
         client.execute()
