@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from utils.checks import CHECKERS, MISTAKES, NotImplementedYet
 from utils.checks.mistakes_ch02 import ATTENTION_MISTAKES
 from utils.reference import components as ref
-from utils.reference_model import reference_cache
+from utils.reference_model import reference_cache, shared_params
 
 EXERCISES = ["layer_norm", "embed", "pos_embed", "causal_mask", "attention", "mlp", "transformer_block", "unembed"]
 REFERENCE = {
@@ -247,6 +247,14 @@ class AttentionWithBadMask(ref.Attention):
         return attn_scores.masked_fill(t.ones(attn_scores.shape[-2:], dtype=t.bool).triu(0), self.IGNORE)
 
 
+class UnembedOutsideMatrix(ref.Unembed):
+    """The reference's own W_U from outside the module (a notebook global): right on GPT-2's case only, and a
+    shape error on the small random case, as W_E.T is under a reference that ties W_U = W_E.T."""
+
+    def forward(self, normalized_resid_final):
+        return normalized_resid_final @ shared_params()["unembed.W_U"] + self.b_U
+
+
 # ------------------------------------------------------------------------------------------------ tests
 
 
@@ -350,3 +358,14 @@ def test_config_defaults_are_gpt2_small():
     cfg = ref.Config()
     assert (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.n_layers, cfg.n_ctx, cfg.d_vocab) == (
         768, 12, 64, 3072, 12, 1024, 50257)
+
+
+def test_an_error_equal_to_a_catalogued_mistakes_is_named():
+    """A learner error is named when a catalogued mistake raises the same one on the same case, instead of
+    surfacing as a bare matrix-shape error (real GPT-2 ties W_U = W_E.T, so its case cannot catch W_E.T)."""
+    hint = next(m.hint for m in MISTAKES["unembed"] if m.name == "embedding_matrix_reused")
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["unembed"](UnembedOutsideMatrix)
+    message = str(info.value)
+    assert "Unembed.forward raised RuntimeError on 2 random sequences of length 5" in message
+    assert f"This matches a known mistake, embedding matrix reused: {hint}" in message

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -13,14 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.checks import CHECKERS
-from utils.checks.ch03_reference import bridge_name, classic_hook_names, model_config
+from utils.checks.ch03_reference import bridge_name, classic_hook_names, model_config, same_activation
 from utils.checks.core import NotImplementedYet
 from utils.checks.mistakes_ch03 import (
     DIVERGES_AT, GREEDY_MISTAKES, HOOKS_MISTAKES, INIT_MISTAKES, LOAD_MISTAKES, LOSS_MISTAKES, TRANSFORMER_MISTAKES,
 )
 from utils.learner_components import COMPONENT_CHECKS, learner_components
 from utils.reference import model as ref
-from utils.reference_model import reference_cache, reference_params
+from utils.checks.probes import probe_params
+from utils.reference_model import reference_cache, reference_params, shared_params
 
 REFERENCE = {
     "transformer": ref.EducationalTransformer,
@@ -265,7 +268,9 @@ def test_stub_is_not_implemented_yet(exercise, capfd):
 # ------------------------------------------------------------------------------------------------- model API
 
 
-def test_cache_names_and_shapes_match_the_reference():
+def test_cache_names_shapes_and_values_match_the_reference():
+    """The course's reference model computes every activation the bridge does: so `checks.hooks`, which compares
+    a learner's cache with the course model's on a probe, compares it with TransformerLens's."""
     tokens, logits, bridge_cache = reference_cache()
     model = ref.load_gpt2_weights(ref.EducationalTransformer(model_config()), reference_params()).eval()
     with t.no_grad():
@@ -273,6 +278,7 @@ def test_cache_names_and_shapes_match_the_reference():
     assert (out - logits).abs().max().item() < 1e-4
     for name in classic_hook_names(model.cfg.n_layers):
         assert cache[name].shape == bridge_cache[bridge_name(name)].shape, name
+        assert same_activation(name, cache[name], bridge_cache[bridge_name(name)]), name
     assert cache["pattern", 0].shape == cache["blocks.0.attn.hook_pattern"].shape  # ActivationCache's shorthand
 
 
@@ -339,3 +345,64 @@ def test_solution_components_are_all_used(capsys):
     parts = learner_components(ROOT / "solutions" / "02_components.ipynb")
     assert parts.yours == list(COMPONENT_CHECKS), parts.reasons
     assert capsys.readouterr().out.startswith("Components: yours, all 7")
+
+
+# ----------------------------------------------------------------------------------------- shared, read-only
+
+
+def test_probe_weights_are_untied_with_a_non_zero_unembedding_bias():
+    params = probe_params()
+    assert params["unembed.W_U"].shape == params["embed.W_E"].T.shape
+    assert (params["unembed.W_U"] - params["embed.W_E"].T).abs().min() > 0
+    assert params["unembed.b_U"].abs().min() > 0
+
+
+def test_checks_leave_the_shared_reference_parameters_unchanged(capfd):
+    before = {name: value.clone() for name, value in shared_params().items()}
+    for exercise, impl in REFERENCE.items():
+        CHECKERS[exercise](impl)
+    for mistake in (*TRANSFORMER_MISTAKES[-2:], LOAD_MISTAKES[-1]):
+        exercise = "transformer" if mistake in TRANSFORMER_MISTAKES else "load_weights"
+        with pytest.raises(AssertionError):
+            CHECKERS[exercise](mistake.impl)
+    after = shared_params()
+    assert after.keys() == before.keys() and all(t.equal(after[n], before[n]) for n in before)
+    assert capfd.readouterr().err == ""
+
+
+# Under a reference that ties W_U = W_E.T with b_U = 0, as real GPT-2 does, a model that unembeds with W_E.T (or
+# without b_U) gives the reference's logits: only the untied probes can catch it.
+TIED_SCRIPT = """
+import torch as t
+from utils.checks import CHECKERS, MISTAKES
+from utils.checks.ch03_reference import model_config
+from utils.reference_model import reference_cache, reference_info, shared_params
+
+params = shared_params()
+assert reference_info().kind == "gpt2", reference_info()
+assert t.equal(params["unembed.W_U"], params["embed.W_E"].T) and not params["unembed.b_U"].any(), "not tied"
+tokens, logits, _ = reference_cache()
+by_name = {m.name: m for ms in MISTAKES.values() for m in ms}
+for name in ("unembedding_with_W_E", "unembedding_bias_dropped"):
+    model = by_name[name].impl(model_config())
+    model.load_state_dict({**model.state_dict(), **params})
+    with t.no_grad():
+        assert (model(tokens) - logits).abs().max() < 1e-4, f"{name} should match the tied reference's logits"
+for exercise, name in [("transformer", "unembedding_with_W_E"), ("transformer", "unembedding_bias_dropped"),
+                       ("load_weights", "unembedding_tied_to_embedding"), ("unembed", "embedding_matrix_reused"),
+                       ("unembed", "unembedding_bias_missing")]:
+    mistake = next(m for m in MISTAKES[exercise] if m.name == name)
+    try:
+        CHECKERS[exercise](mistake.impl)
+    except AssertionError as exc:
+        assert f"This matches a known mistake, {name.replace('_', ' ')}: {mistake.hint}" in str(exc), str(exc)[:800]
+    else:
+        raise SystemExit(f"{exercise} accepted {name} under the tied reference")
+print("tied reference: all caught")
+"""
+
+
+@pytest.mark.slow
+def test_tied_reference_cannot_hide_unembedding_mistakes(real_gpt2_env, root):
+    proc = subprocess.run([sys.executable, "-c", TIED_SCRIPT], cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "all caught" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -508,7 +508,9 @@ class _LastPositionOnly(ref.Unembed):
 UNEMBED_MISTAKES = [
     Mistake("unembedding_bias_missing", _NoBU, "add the bias `self.b_U` (GPT-2's is zero, which is why the real-model case passes)."),
     Mistake("embedding_matrix_reused", _TiedToWE,
-            "use this module's own `self.W_U`, not the embedding's W_E.T: GPT-2 ties them, but the course keeps them separate parameters."),
+            "use this module's own `self.W_U`, not the embedding's W_E.T or any other matrix from outside the module "
+            "(such as `gpt2.W_U`): GPT-2 ties W_U to W_E, but the course keeps them separate parameters, and the check "
+            "also runs a small Unembed with random weights."),
     Mistake("returns_probabilities", _Softmax, "return logits, not probabilities: leave out the softmax."),
     Mistake("returns_log_probabilities", _LogSoftmax, "return logits, not log-probabilities: leave out the log_softmax."),
     Mistake("last_position_only", _LastPositionOnly,
