@@ -122,7 +122,7 @@ def _gen(seed: int) -> t.Generator:
 
 
 @_per_reference
-def _layer_norm_cases() -> list[Case]:
+def _layer_norm_cases(gpt2_case: bool = True) -> list[Case]:
     cfg = course_config()
     _, _, cache = reference_cache()
     resid = cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
@@ -132,14 +132,15 @@ def _layer_norm_cases() -> list[Case]:
     batch = t.randn(3, 7, cfg.d_model, generator=gen)
     params = _random_params(ref.LayerNorm, cfg, seed=2)
     return [
-        _gpt2_case("GPT-2's ln_final on the reference prompt", "ln_final", resid),
+        *([_gpt2_case("GPT-2's ln_final on the reference prompt", "ln_final", resid)] if gpt2_case else []),
         _random_case(ref.LayerNorm, big_eps, "small-variance inputs with layer_norm_eps=0.1", small, 2, params),
         _random_case(ref.LayerNorm, cfg, "a batch of 3 random sequences of length 7", batch, 2, params),
     ]
 
 
-def _check_layer_norm(LayerNorm: type) -> int:
-    return check_module(LayerNorm, what="LayerNorm", names=["w", "b"], cases=_layer_norm_cases(), mistakes=LAYER_NORM_MISTAKES,
+def _check_layer_norm(LayerNorm: type, gpt2_case: bool = True) -> int:
+    return check_module(LayerNorm, what="LayerNorm", names=["w", "b"], cases=_layer_norm_cases(gpt2_case),
+                        mistakes=LAYER_NORM_MISTAKES,
                         hint="Normalise over the last dimension (d_model) only, with the biased variance and eps inside the square root.")
 
 
@@ -305,9 +306,10 @@ def causal_mask(Attention: type) -> None:
 
 
 @_per_reference
-def _residual_cases(Cls: type, prefix: str, hook: str, seed: int, scale: float = 1.0, real_first: bool = False) -> list[Case]:
+def _residual_cases(Cls: type, prefix: str, hook: str, seed: int, scale: float = 1.0, gpt2_case: bool = True) -> list[Case]:
     """Random [2, 5] (batch ≠ pos ≠ n_heads), the reference prompt (input: the cached activation `hook`),
-    length n_ctx, and length 1."""
+    length n_ctx, and length 1. Without `gpt2_case`, only the small random ones: what a check run for another
+    exercise needs (the reference-size module, 7M parameters in a GPT-2 block, is the costly part)."""
     _, _, cache = reference_cache()
     x_real = cache[hook]
     cfg = small_config()
@@ -318,8 +320,9 @@ def _residual_cases(Cls: type, prefix: str, hook: str, seed: int, scale: float =
         _random_case(Cls, cfg, f"2 random sequences of length n_ctx={cfg.n_ctx}", scale * t.randn(2, cfg.n_ctx, d, generator=gen), seed + 1),
         _random_case(Cls, cfg, "3 random sequences of length 1", scale * t.randn(3, 1, d, generator=gen), seed + 2),
     ]
-    gpt2 = _gpt2_case(f"GPT-2's {prefix} on the reference prompt", prefix, x_real)
-    return [gpt2, *cases] if real_first else [cases[0], gpt2, *cases[1:]]
+    if not gpt2_case:
+        return cases
+    return [cases[0], _gpt2_case(f"GPT-2's {prefix} on the reference prompt", prefix, x_real), *cases[1:]]
 
 
 def _uses_passing(Cls: type, check, what: str, parent: str, exercise: str) -> None:
@@ -336,10 +339,10 @@ def _uses_passing(Cls: type, check, what: str, parent: str, exercise: str) -> No
         fail(f"{parent} uses your {what}, which does not pass checks.{exercise} yet: {first}")
 
 
-def _check_attention(Attention: type) -> int:
+def _check_attention(Attention: type, gpt2_case: bool = True) -> int:
     _require_class(Attention, "Attention", "attention")
     _uses_passing(Attention, _check_causal_mask, "apply_causal_mask", "Attention.forward", "causal_mask")
-    cases = _residual_cases(ref.Attention, "blocks.0.attn", "blocks.0.ln1.hook_out", seed=10)
+    cases = _residual_cases(ref.Attention, "blocks.0.attn", "blocks.0.ln1.hook_out", seed=10, gpt2_case=gpt2_case)
     return check_module(Attention, what="Attention", names=_names(ref.Attention), cases=cases, mistakes=ATTENTION_MISTAKES,
                         hint="Compare each step with the equations: q, k, v with biases; scores / sqrt(d_head); mask; "
                              "softmax over keys; weighted sum of v; W_O summed over heads; b_O.")
@@ -370,14 +373,14 @@ def _gelu_probe(cfg: ref.Config, seed: int) -> Case:
 
 
 @_per_reference
-def _mlp_cases() -> list[Case]:
-    cases = _residual_cases(ref.MLP, "blocks.0.mlp", "blocks.0.ln2.hook_out", seed=20)
+def _mlp_cases(gpt2_case: bool = True) -> list[Case]:
+    cases = _residual_cases(ref.MLP, "blocks.0.mlp", "blocks.0.ln2.hook_out", seed=20, gpt2_case=gpt2_case)
     return [cases[0], _gelu_probe(small_config(), seed=23), *cases[1:]]
 
 
-def _check_mlp(MLP: type) -> int:
+def _check_mlp(MLP: type, gpt2_case: bool = True) -> int:
     _require_class(MLP, "MLP", "mlp")
-    cases = _mlp_cases()
+    cases = _mlp_cases(gpt2_case)
     return check_module(MLP, what="MLP", names=_names(ref.MLP), cases=cases, mistakes=MLP_MISTAKES,
                         hint="gelu_tanh(x @ W_in + b_in) @ W_out + b_out, with F.gelu(..., approximate=\"tanh\").")
 
@@ -403,8 +406,8 @@ def _check_transformer_block(TransformerBlock: type) -> int:
         sub = getattr(block, attr, None)
         if not isinstance(sub, nn.Module):
             fail(f"TransformerBlock: self.{attr} is {describe(sub)}, expected a module; keep the given __init__.")
-        if type(sub) not in checked:
-            _uses_passing(type(sub), check, type(sub).__name__, "TransformerBlock", exercise)
+        if type(sub) not in checked:  # on the small random cases: the block's own GPT-2 case covers the real size
+            _uses_passing(type(sub), functools.partial(check, gpt2_case=False), type(sub).__name__, "TransformerBlock", exercise)
             checked.add(type(sub))
     last = course_config().n_layers - 1
     cases = _residual_cases(ref.TransformerBlock, f"blocks.{last}", f"blocks.{last}.hook_resid_pre", seed=30, scale=2.0)
@@ -425,9 +428,10 @@ def transformer_block(TransformerBlock: type) -> None:
 
 def _check_unembed(Unembed: type) -> int:
     _require_class(Unembed, "Unembed", "unembed")
-    # The real-model case first: GPT-2's b_U is zero, so the random case (non-zero b_U) is what catches a
-    # missing bias, while the real case catches W_E.T in place of W_U.
-    cases = _residual_cases(ref.Unembed, "unembed", "ln_final.hook_out", seed=40, real_first=True)
+    # A small random case first: its W_U is independent of W_E and its b_U non-zero, so it catches W_E.T in place
+    # of W_U (by the shape error a GPT-2-sized W_E.T raises there) and a missing b_U, which GPT-2's own tied,
+    # zero-bias unembedding cannot; and a mistake is named there without building reference-size modules.
+    cases = _residual_cases(ref.Unembed, "unembed", "ln_final.hook_out", seed=40)
     return check_module(Unembed, what="Unembed", names=["W_U", "b_U"], cases=cases, mistakes=UNEMBED_MISTAKES,
                         hint="logits = x @ W_U + b_U, for every position.")
 
