@@ -12,7 +12,7 @@ import contextlib
 import functools
 import io
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,14 +133,16 @@ def check_names(module: nn.Module, expected: Iterable[str], what: str) -> None:
         )
 
 
-def load_params(module: nn.Module, params: dict[str, Tensor], what: str) -> None:
-    """Load `params` (classic names) into `module`, checking every shape first; buffers not given stay."""
+def load_params(module: nn.Module, params: Mapping[str, Tensor], what: str) -> None:
+    """Load `params` (classic names) into `module`, checking every shape first; buffers not given stay.
+
+    `load_state_dict` copies each value into the module's own tensor, so `params` may be the shared reference
+    parameters: the module never holds them (at GPT-2 size, a clone first would cost another 650 MB)."""
     state = module.state_dict()
     for name, value in params.items():
         if tuple(state[name].shape) != tuple(value.shape):
             fail(f"{what}: parameter {name} has shape {tuple(state[name].shape)}, expected {tuple(value.shape)}.")
-    merged = {**state, **{k: v.clone() for k, v in params.items()}}
-    module.load_state_dict(merged, strict=True)
+    module.load_state_dict({**state, **params}, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------- comparison
