@@ -17,8 +17,8 @@ import torch as t
 from torch import Tensor, nn
 
 from utils.checks.ch03_reference import (
-    named_mistake, names_list, replay, quietly, token_cases, classic_hook_names, component_hint,
-    expected_state_names, first_divergence, model_config, reference_model, reference_run, same_activation,
+    classic_hook_names, component_hint, expected_state_names, first_divergence, model_config, named_mistake,
+    names_list, quietly, reference_model, reference_run, replay, same_activation, token_cases,
 )
 from utils.checks.core import (
     Mistake, NotImplementedYet, assert_matches, assert_unchanged, call_learner, check_names, close, construct,
@@ -28,7 +28,7 @@ from utils.checks.mistakes_ch03 import (
     GREEDY_MISTAKES, HOOKS_MISTAKES, INIT_MISTAKES, LOAD_MISTAKES, LOSS_MISTAKES, TRANSFORMER_MISTAKES,
 )
 from utils.checks.probes import (
-    PROBE_DESCRIPTION, init_config, probe_config, probe_params, probe_reference, probe_run, probe_tokens,
+    PROBE_DESCRIPTION, PROBE_FIELDS, init_config, probe_config, probe_params, probe_reference, probe_run, probe_tokens,
 )
 from utils.reference import model as ref
 from utils.reference_model import reference_cache, reference_gpt2, reference_info, reference_params, shared_params
@@ -450,22 +450,39 @@ def _reference_greedy_cached(kind: str, key: tuple, max_new_tokens: int) -> Tens
     return tokens
 
 
+def _probe_greedy(tokens: Tensor, max_new_tokens: int) -> Tensor:
+    key = (tuple(tokens.shape), tuple(tokens.flatten().tolist()))
+    return _probe_greedy_cached(key, max_new_tokens).clone()
+
+
+@functools.cache
+def _probe_greedy_cached(key: tuple, max_new_tokens: int) -> Tensor:
+    """Greedy continuation by the course's reference code on the probe, whose predictions depend on their context
+    (a random model at GPT-2 size tends to repeat one token whatever precedes it, which lets a wrong loop pass)."""
+    return ref.greedy_generate(probe_reference(), t.tensor(key[1]).reshape(key[0]), max_new_tokens)
+
+
 @checker("greedy_generate", GREEDY_MISTAKES, chapter=CHAPTER)
 def greedy_generate(greedy_generate_fn) -> None:
-    """With the reference's weights in the course's model, the same tokens as the reference GPT-2, row by row."""
+    """The same tokens, row by row, as the course's reference code on the probe (so a loop that reads the wrong
+    position or forgets to extend the sequence shows), then as the reference GPT-2 itself, with its weights in
+    the course's model."""
     if not callable(greedy_generate_fn) or isinstance(greedy_generate_fn, type):
         fail(f"Pass the function itself, e.g. checks.greedy_generate(greedy_generate); got {describe(greedy_generate_fn)}.")
     what = "greedy_generate"
-    model = reference_model()
     ref_tokens, _, _ = reference_cache()
-    gen = t.Generator().manual_seed(5)
-    cases = [
-        ("the first 6 tokens of the reference prompt, 5 new tokens", ref_tokens[:, :6], 5),
-        ("a batch of 2 different prompts of length 4, 3 new tokens", t.randint(0, 50257, (2, 4), generator=gen), 3),
-        ("one new token", ref_tokens[:, :3], 1),
+    prompts = t.randint(0, PROBE_FIELDS["d_vocab"], (2, 4), generator=t.Generator().manual_seed(5))
+    on_probe = f"on {PROBE_DESCRIPTION}"
+    cases = [  # (label, the model the learner gets, prompt, new tokens, the expected tokens)
+        (f"a batch of 2 different prompts of length 4, 3 new tokens, {on_probe}", lambda: copy.deepcopy(probe_reference()),
+         prompts, 3, lambda: _probe_greedy(prompts, 3)),
+        (f"one new token, {on_probe}", lambda: copy.deepcopy(probe_reference()), prompts[:1, :3], 1,
+         lambda: _probe_greedy(prompts[:1, :3], 1)),
+        ("the first 6 tokens of the reference prompt, 5 new tokens", reference_model, ref_tokens[:, :6], 5,
+         lambda: _reference_greedy(ref_tokens[:, :6], 5)),
     ]
-    for label, prompt, n_new in cases:
-        expected = _reference_greedy(prompt, n_new)
+    for label, model_for, prompt, n_new, expected_for in cases:
+        model, expected = model_for(), expected_for()
         inputs = prompt.clone()
         t.manual_seed(0)  # the stream each catalogued mistake replays with
         try:
@@ -490,4 +507,4 @@ def greedy_generate(greedy_generate_fn) -> None:
         row, pos = (int(i) for i in (out != expected).nonzero()[0])
         fail(f"{what}: token {pos} of row {row} is {out[row, pos].item()}, the reference's greedy choice is "
              f"{expected[row, pos].item()} on {label}.{named or ' Take argmax(dim=-1) of the last position and feed the extended sequence back in.'}")
-    passed(f"greedy_generate produces the reference's tokens ({reference_info().kind}) on {len(cases)} prompts")
+    passed(f"greedy_generate produces the reference's tokens ({reference_info().kind}) and a probe's on {len(cases)} prompts")

@@ -1,6 +1,6 @@
-"""Chapter 03's reference side: the reference's config and names, its activations on any tokens (the bridge at
-the reference's size, or a probe), the first-divergence diagnostic, and matching a learner's outcome against the
-catalogued mistakes'.
+"""Chapter 03's reference side: the reference's config and parameter names, its activations on any tokens, the
+course's model holding its weights, the first-divergence diagnostic, and matching a learner's outcome (a tensor
+or an error) against the catalogued mistakes'.
 
 `first_divergence` runs the learner's model on the same tokens as a reference, walks the activations in the order
 the forward pass computes them, and names the first that differs, with a hint about the component that computes it.
@@ -23,6 +23,7 @@ from utils.reference import model as ref
 from utils.reference_model import config_fields, reference_cache, reference_gpt2, reference_info, shared_params
 
 MASKED = -1e4  # any attention score at or below this counts as masked, whatever IGNORE value a learner chose
+
 # ------------------------------------------------------------------------------------------------ reference
 
 
