@@ -1,5 +1,7 @@
-"""Every solution notebook runs offline with all its exercises passing; every learner notebook runs with
-errors only from its `NotImplementedError` stubs and the checks that call them."""
+"""Every solution notebook runs with all its exercises passing; every learner notebook runs with errors only
+from its `NotImplementedError` stubs and the checks that call them. Both offline (the random stand-in) and on
+the path most learners take: real GPT-2 small in the Hugging Face cache (the faithful snapshot of
+tests/gpt2_snapshot.py, tied embeddings and all)."""
 
 from __future__ import annotations
 
@@ -21,10 +23,27 @@ def errors(nb) -> list[tuple[int, str, str]]:
     return found
 
 
+REFERENCES = ["offline", "real-gpt2"]
+
+
+@pytest.fixture(params=REFERENCES)
+def reference(request) -> str:
+    if request.param == "real-gpt2":
+        request.getfixturevalue("real_gpt2_env")  # kernels inherit the environment that points at the snapshot
+    return request.param
+
+
+def _stdout(nb) -> list[str]:
+    return [o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
-def test_solution_notebook_passes_every_exercise(path, executed_solution):
-    nb, rows = executed_solution(path)  # shared with the browser test: each solution runs once per session
+def test_solution_notebook_passes_every_exercise(path, reference, executed_solution):
+    # offline runs are shared with the browser test: each solution runs once per session and reference
+    nb, rows = executed_solution(path) if reference == "offline" else run_notebook(path)
+    if reference == "real-gpt2":
+        assert any("GPT-2 small, real weights" in text for text in _stdout(nb)), "the snapshot was not used"
     assert not errors(nb), errors(nb)
     failing = [(r.exercise, r.message) for r in rows if not r.ok]
     assert not failing, failing
@@ -33,7 +52,7 @@ def test_solution_notebook_passes_every_exercise(path, executed_solution):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
-def test_learner_notebook_fails_only_on_stubs(path):
+def test_learner_notebook_fails_only_on_stubs(path, reference):
     nb, rows = run_notebook(ROOT / "chapters" / path.name)
     unexpected = [e for e in errors(nb) if e[1] not in STUB_ERRORS]
     assert not unexpected, f"errors other than NotImplementedError: {unexpected}"
