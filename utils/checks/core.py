@@ -19,6 +19,8 @@ from typing import Any
 import torch as t
 from torch import Tensor, nn
 
+from utils.checks.presentation import attach
+
 ATOL, RTOL = 1e-4, 1e-3
 
 
@@ -53,9 +55,12 @@ def checker(exercise_id: str, mistakes: Sequence[Mistake] = (), chapter: str = "
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(fn)
         def run(*args, **kwargs) -> None:
-            with t.random.fork_rng(devices=[]), quiet_warnings():
-                t.manual_seed(0)
-                fn(*args, **kwargs)
+            try:
+                with t.random.fork_rng(devices=[]), quiet_warnings():
+                    t.manual_seed(0)
+                    fn(*args, **kwargs)
+            except (AssertionError, NotImplementedError) as exc:  # shown as its message and the learner's lines
+                raise attach(exc)
 
         if exercise_id in REGISTRY:
             raise RuntimeError(f"Exercise id {exercise_id!r} is registered twice.")
