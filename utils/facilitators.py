@@ -39,12 +39,11 @@ def plan(chapter: str) -> str:
     rows = ["| section | exercises (announced minutes) | learner time, announced | machine time, measured | pause |",
             "|---|---|---|---|---|"]
     since_break, total = 0, 0
-    for part in sections(nb):
-        if not part.exercises and machine.get(part.title, 0) < 1:
-            continue
+    shown = [p for p in sections(nb) if p.exercises or machine.get(p.title, 0) >= 1]
+    for part in shown:
         since_break += part.announced_min
         total += part.announced_min
-        pause = "☕ break" if since_break >= BREAK_AFTER_MIN else ""
+        pause = "☕ break" if since_break >= BREAK_AFTER_MIN and part is not shown[-1] else ""
         if pause:
             since_break = 0
         exercises = ", ".join(f"{n} {title} ({m})" for n, title, m in part.exercises) or "—"
