@@ -1,6 +1,6 @@
 """`make class-report` on a generated class: fake autograded notebooks whose test cells carry crafted outputs
 (as nbgrader leaves them), so nothing is executed and nbgrader is not needed. The class has a full, an
-empty, a partial, a broken (the kernel died), a hostile, an unreadable and an ungraded submission."""
+empty, a partial, a broken (the kernel died), a hostile, an unreadable, an ungraded and a replaced submission."""
 
 from __future__ import annotations
 
@@ -71,6 +71,12 @@ def course(tmp_path_factory):
     (root / "autograded" / "garbled" / CHAPTER).mkdir(parents=True)
     (root / "autograded" / "garbled" / CHAPTER / f"{CHAPTER}.ipynb").write_text("{not json", encoding="utf-8")
     (root / "submitted" / "late" / CHAPTER).mkdir(parents=True)  # collected, never autograded
+    # an unreadable upload: collection kept it as .invalid and graded the untouched release instead
+    (root / "autograded" / "mangled" / CHAPTER).mkdir(parents=True)
+    nbformat.write(autograded({e: not_implemented() for e in EXERCISES}),
+                   str(root / "autograded" / "mangled" / CHAPTER / f"{CHAPTER}.ipynb"))
+    (root / "submitted" / "mangled" / CHAPTER).mkdir(parents=True)
+    (root / "submitted" / "mangled" / CHAPTER / f"{CHAPTER}.ipynb.invalid").write_bytes(b"\x00")
     out = root / "class-report"
     assert class_report.main([CHAPTER, "--root", str(root), "--out", str(out)]) == 0
     return root, out, class_report.read_chapter(root, CHAPTER)
@@ -78,7 +84,7 @@ def course(tmp_path_factory):
 
 def test_every_student_has_a_row(course):
     _, _, report = course
-    assert sorted(report.rows) == sorted([*CLASS, "garbled", "late"])
+    assert sorted(report.rows) == sorted([*CLASS, "garbled", "late", "mangled"])
     assert all(list(row) == EXERCISES for row in report.rows.values())
 
 
@@ -90,7 +96,7 @@ def test_counts_per_exercise(course):
     assert report.passed(third) == 2  # full and partial
     assert report.passed(EXERCISES[-1]) == 1  # full only
     fails = report.failures(first)
-    assert fails["unbiased_variance"] == 1 and fails[FLAGGED] == 1 and fails[NOT_IMPLEMENTED] == 1
+    assert fails["unbiased_variance"] == 1 and fails[FLAGGED] == 1 and fails[NOT_IMPLEMENTED] == 2
     assert fails["unreadable"] == 1 and fails["not graded"] == 1  # garbled, and late
     assert sum(fails.values()) + report.passed(first) == len(report.rows)
     fails = report.failures(second)
@@ -127,10 +133,11 @@ def test_csv_files(course):
 def test_markdown_and_html_are_safe_and_offline(course):
     _, out, _ = course
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert f"| {EXERCISES[0]} | 2 of 7 |" in text
+    assert f"| {EXERCISES[0]} | 2 of 8 |" in text
+    assert "- mangled: the submitted file was not a readable notebook" in text
     assert "<script>" not in text and "&lt;script&gt;" in text
     student_lines = [ln for ln in text.splitlines() if ln.startswith("| ") and ln.endswith(f" of {len(EXERCISES)} |")]
-    assert len(student_lines) == 7
+    assert len(student_lines) == 8
     # a pipe inside a message is escaped, so every student row keeps one column per exercise
     assert all(len(re.findall(r"(?<!\\)\|", ln)) == len(EXERCISES) + 3 for ln in student_lines)
     page = (out / "report.html").read_text(encoding="utf-8")

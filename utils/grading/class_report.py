@@ -68,6 +68,9 @@ def read_chapter(root: Path, chapter: str) -> ChapterReport:
             report.rows[student] = {e: Outcome(e, MISSING, UNREADABLE, report.notes[student]) for e in report.exercises}
             continue
         report.rows[student] = {e: read_outcome(cells.get(e), e) for e in report.exercises}
+        if (root / "submitted" / student / chapter / f"{chapter}.ipynb.invalid").exists():
+            # `make collect` / autograde replaced an unreadable file by the untouched release (course.py)
+            report.notes[student] = "the submitted file was not a readable notebook: graded as an empty submission"
     return report
 
 
