@@ -149,3 +149,12 @@ def test_markdown_and_html_are_safe_and_offline(course):
 def test_no_submissions_is_reported(tmp_path, capsys):
     assert class_report.main(["--root", str(tmp_path)]) == 2
     assert "make autograde" in capsys.readouterr().out
+
+
+def test_figure_bars_add_up_to_the_class(course):
+    _, _, report = course
+    fig = class_report.figure(report)
+    by_name = {bar.name: list(bar.y) for bar in fig.data}
+    assert by_name["passed"] == [report.passed(e) for e in EXERCISES]
+    assert by_name["unbiased_variance"][0] == 1 and by_name["unnamed"][1] == 2
+    assert [sum(ys[i] for ys in by_name.values()) for i in range(len(EXERCISES))] == [len(report.rows)] * len(EXERCISES)
