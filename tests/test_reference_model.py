@@ -151,3 +151,17 @@ def test_offline_never_probes_the_network(monkeypatch):
 def test_config_fields_match_the_course_config(cfg):
     assert cfg.d_model == cfg.n_heads * cfg.d_head == 128
     assert cfg.d_vocab == 50257 and cfg.n_layers == 2
+
+
+def test_demo_runs_on_the_real_gpt2_path(gpt2_hub):
+    """`python -m utils.demo --reference gpt2` with GPT-2 in the cache: loads it, reports it once, and the course's
+    model loaded with its weights reproduces its logits."""
+    from tests.gpt2_snapshot import snapshot_env
+
+    proc = subprocess.run([sys.executable, "-m", "utils.demo", "--reference", "gpt2", "--new-tokens", "3"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **snapshot_env(gpt2_hub)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _report_lines(proc.stdout) == ["Reference model: GPT-2 small, real weights (from the Hugging Face cache)"]
+    diff = next(line for line in proc.stdout.splitlines() if line.startswith("max |logit diff|"))
+    assert float(diff.rsplit(" ", 1)[1]) < 1e-3, diff
+    assert "greedy continuation" in proc.stdout

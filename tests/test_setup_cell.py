@@ -106,6 +106,7 @@ def test_one_version_string_drives_package_pyproject_notebooks_and_tag():
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "utils.__version__"}
     assert version("transformer-from-scratch") == __version__, "reinstall: pip install --no-deps -e ."
     assert COLAB_REF == f"v{__version__}"
+    assert set(re.findall(r"`(v\d+\.\d+\.\d+)`", (ROOT / "README.md").read_text())) == {COLAB_REF}
     for folder in ("solutions", "chapters"):
         for path in sorted((ROOT / folder).glob("[0-9][0-9]_*.ipynb")):
             nb = nbformat.read(path, as_version=4)
