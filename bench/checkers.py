@@ -67,7 +67,9 @@ def _gpt2_size(timeout_s: float) -> dict:
         return _measure({"HF_HUB_OFFLINE": "1", "TFS_REFERENCE": "random-gpt2"}, timeout_s)
     with tempfile.TemporaryDirectory(prefix="tfs-bench-gpt2-") as hf_home:
         write_gpt2_snapshot(Path(hf_home), n_layer=12)
-        return _measure(snapshot_env(Path(hf_home)), timeout_s)
+        result = _measure(snapshot_env(Path(hf_home)), timeout_s)
+    result["via"] = "a faithful 12-layer GPT-2 hub snapshot with random weights (tests/gpt2_snapshot.py)"
+    return result
 
 
 def run(results: dict, sizes: tuple[str, ...] = SIZES, timeout_s: float = 1800.0) -> None:

@@ -170,7 +170,9 @@ def _checks(r: dict) -> list[str]:
     if gr and gr.get("available"):
         lines.append(f"- grading: every submission scored as expected: {_yes(gr['scores_as_expected'])}.")
     for size, c in r.get("checkers", {}).items():
-        lines.append(f"- checkers at {SIZE_LABELS.get(size, size)}: reference {c.get('description', c.get('reference', '?'))}")
+        description = c.get("description", c.get("reference", "?")).rstrip(".")
+        via = f", loaded from {c['via']}" if c.get("via") else ""
+        lines.append(f"- checkers at {SIZE_LABELS.get(size, size)}: reference {description}{via}")
         if c.get("needs_notebook_state"):
             lines[-1] += f"; not timed (they need notebook state): {', '.join(c['needs_notebook_state'])}"
         lines[-1] += "."
