@@ -18,7 +18,7 @@ from utils.reference import modern as ref
 
 EXERCISES = ["rms_norm", "rotary", "swiglu", "gqa", "decoder", "name_map", "kv_rope"]
 REFERENCE = {"rms_norm": ref.RMSNorm, "rotary": ref.apply_rotary, "swiglu": ref.SwiGLU, "gqa": ref.GroupedQueryAttention,
-             "decoder": ref.LlamaStyleDecoder, "name_map": ref.convert_llama_weights, "kv_rope": ref.forward_with_cache}
+             "decoder": ref.LlamaStyleDecoder, "name_map": ref.convert_llama_weights, "kv_rope": ref.forward_with_rope_cache}
 CATALOGUE = [(exercise, mistake) for exercise in EXERCISES for mistake in MISTAKES[exercise]]
 
 
@@ -276,7 +276,7 @@ def cache_unrotated_keys(model, tokens, cache=None):
         residual = residual + block.mlp(block.ln2(residual))
         keys.append(k)
         values.append(v)
-    return model.unembed(model.ln_final(residual)), ref.KVCache(keys, values)
+    return model.unembed(model.ln_final(residual)), ref.GQACache(keys, values)
 
 
 def cache_with_positions_tensor(model, tokens, cache=None):
@@ -300,19 +300,19 @@ def cache_with_positions_tensor(model, tokens, cache=None):
         residual = residual + block.mlp(block.ln2(residual))
         keys.append(k)
         values.append(v)
-    return model.unembed(model.ln_final(residual)), ref.KVCache(keys, values)
+    return model.unembed(model.ln_final(residual)), ref.GQACache(keys, values)
 
 
 def cache_via_reference_pieces(model, tokens, cache=None):
-    """The reference's attention_with_cache, reused, with the residual stream built by a loop over zip()."""
+    """The reference's attention_with_rope_cache, reused, with the residual stream built by a loop over zip()."""
     past = zip(cache.keys, cache.values) if cache is not None else [(None, None)] * len(model.blocks)
     residual, keys, values = model.embed(tokens), [], []
     for block, (past_k, past_v) in zip(model.blocks, past):
-        attn_out, k, v = ref.attention_with_cache(block.attn, block.ln1(residual), past_k, past_v)
+        attn_out, k, v = ref.attention_with_rope_cache(block.attn, block.ln1(residual), past_k, past_v)
         residual = residual + attn_out
         residual = residual + block.mlp(block.ln2(residual))
         keys, values = keys + [k], values + [v]
-    return model.unembed(model.ln_final(residual)), ref.KVCache(keys, values)
+    return model.unembed(model.ln_final(residual)), ref.GQACache(keys, values)
 
 
 ALTERNATIVES = {

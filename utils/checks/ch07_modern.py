@@ -475,15 +475,15 @@ def _cache_heads(cache, what: str) -> None:
 
 
 @checker("kv_rope", KV_ROPE_MISTAKES, chapter=CHAPTER)
-def kv_rope(forward_with_cache) -> None:
+def kv_rope(forward_with_rope_cache) -> None:
     """Chunked cached logits equal LlamaForCausalLM's full pass; the cache keeps n_kv_heads heads; cached greedy
     tokens equal transformers' generate and the uncached loop."""
-    _require_function(forward_with_cache, "checks.kv_rope(forward_with_cache)")
-    what = "forward_with_cache"
+    _require_function(forward_with_rope_cache, "checks.kv_rope(forward_with_rope_cache)")
+    what = "forward_with_rope_cache"
     model = copy.deepcopy(_reference_decoder())
     tokens = _kv_tokens()
     with t.no_grad():
-        got, cache = _run_chunks(forward_with_cache, model, tokens, what, learner=True)
+        got, cache = _run_chunks(forward_with_rope_cache, model, tokens, what, learner=True)
 
     def wrong():
         found = []
@@ -500,17 +500,17 @@ def kv_rope(forward_with_cache) -> None:
     _cache_heads(cache, what)
     prompt = _greedy_prompt()
     with t.no_grad():
-        logits, cache = call_learner(what, forward_with_cache, model, prompt.clone(), None, context="a 5-token prompt")
+        logits, cache = call_learner(what, forward_with_rope_cache, model, prompt.clone(), None, context="a 5-token prompt")
         generated = prompt
         for step in range(GREEDY_NEW):
             generated = t.cat([generated, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
             if step + 1 < GREEDY_NEW:
-                logits, cache = call_learner(what, forward_with_cache, model, generated[:, -1:], cache,
+                logits, cache = call_learner(what, forward_with_rope_cache, model, generated[:, -1:], cache,
                                              context=f"generated token {step + 1}")
     expected = _expected_greedy()
     if not t.equal(generated, expected):
         row, pos = (int(i) for i in (generated != expected).nonzero()[0])
         fail(f"{what}: cached greedy token {pos} of row {row} is {generated[row, pos].item()}; uncached and "
              f"transformers' generate choose {expected[row, pos].item()}.")
-    passed(f"forward_with_cache matches LlamaForCausalLM over {len(KV_CHUNKS)} chunks with an n_kv_heads cache, and "
+    passed(f"forward_with_rope_cache matches LlamaForCausalLM over {len(KV_CHUNKS)} chunks with an n_kv_heads cache, and "
            f"its {GREEDY_NEW} cached greedy tokens equal transformers' generate")

@@ -366,7 +366,7 @@ NAME_MAP_MISTAKES = [
 
 
 def _cached_forward(**switches):
-    def forward_with_cache(model, tokens, cache=None):
+    def forward_with_rope_cache(model, tokens, cache=None):
         residual = model.embed(tokens)
         keys, values = [], []
         for layer, block in enumerate(model.blocks):
@@ -377,9 +377,9 @@ def _cached_forward(**switches):
             residual = residual + block.mlp(block.ln2(residual))
             keys.append(k)
             values.append(v)
-        return model.unembed(model.ln_final(residual)), ref.KVCache(keys, values)
+        return model.unembed(model.ln_final(residual)), ref.GQACache(keys, values)
 
-    return forward_with_cache
+    return forward_with_rope_cache
 
 
 KV_ROPE_MISTAKES = [

@@ -114,7 +114,7 @@ class GroupedQueryAttention(nn.Module):
         return einops.einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos d_model")
 
 
-class Unembed(nn.Module):
+class LlamaUnembed(nn.Module):
     """logits = x W_U: Llama's lm_head has no bias."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -150,7 +150,7 @@ class LlamaStyleDecoder(nn.Module):
         self.embed = Embed(cfg)  # chapter 02's: W_E [d_vocab d_model]
         self.blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = RMSNorm(cfg)
-        self.unembed = Unembed(cfg)
+        self.unembed = LlamaUnembed(cfg)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         residual = self.embed(tokens)  # no positional embedding: positions enter through RoPE in every attention
@@ -196,7 +196,7 @@ def convert_llama_weights(hf_state: dict[str, Tensor], cfg: DecoderConfig) -> di
 
 
 @dataclass
-class KVCache:
+class GQACache:
     """Each layer's rotated keys and its values, [batch pos n_kv_heads d_head], for the positions processed so far."""
 
     keys: list[Tensor]
@@ -210,7 +210,7 @@ class KVCache:
         return sum(x.numel() * x.element_size() for x in self.keys + self.values)
 
 
-def attention_with_cache(
+def attention_with_rope_cache(
     attn: GroupedQueryAttention, x: Float[Tensor, "batch pos d_model"], past_k: Tensor | None, past_v: Tensor | None
 ) -> tuple[Float[Tensor, "batch pos d_model"], Tensor, Tensor]:
     """The new positions' attention over cached and new keys; returns the output and all (rotated) keys and values."""
@@ -232,21 +232,21 @@ def attention_with_cache(
     return out, k, v  # n_kv_heads heads: the cache stays small
 
 
-def forward_with_cache(
-    model: LlamaStyleDecoder, tokens: Int[Tensor, "batch pos"], cache: KVCache | None = None
-) -> tuple[Float[Tensor, "batch pos d_vocab"], KVCache]:
+def forward_with_rope_cache(
+    model: LlamaStyleDecoder, tokens: Int[Tensor, "batch pos"], cache: GQACache | None = None
+) -> tuple[Float[Tensor, "batch pos d_vocab"], GQACache]:
     """Logits of the new positions `tokens`, given the cached keys and values of the earlier ones; and the longer cache."""
     residual = model.embed(tokens)
     keys, values = [], []
     for layer, block in enumerate(model.blocks):
         past_k = None if cache is None else cache.keys[layer]
         past_v = None if cache is None else cache.values[layer]
-        attn_out, k, v = attention_with_cache(block.attn, block.ln1(residual), past_k, past_v)
+        attn_out, k, v = attention_with_rope_cache(block.attn, block.ln1(residual), past_k, past_v)
         residual = residual + attn_out
         residual = residual + block.mlp(block.ln2(residual))
         keys.append(k)
         values.append(v)
-    return model.unembed(model.ln_final(residual)), KVCache(keys, values)
+    return model.unembed(model.ln_final(residual)), GQACache(keys, values)
 
 
 @t.no_grad()
@@ -258,7 +258,7 @@ def generate_greedy(model: LlamaStyleDecoder, input_ids: Int[Tensor, "batch pos"
     for step in range(max_new_tokens):
         if use_cache:
             new = tokens if cache is None else tokens[:, -1:]
-            logits, cache = forward_with_cache(model, new, cache)
+            logits, cache = forward_with_rope_cache(model, new, cache)
         else:
             logits = model(tokens)
         tokens = t.cat([tokens, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
