@@ -442,3 +442,30 @@ def test_checks_are_deterministic_and_leave_the_rng_alone():
         for exercise in ("rotary", "gqa", "kv_rope"):
             CHECKERS[exercise](ALTERNATIVES[exercise][0])
     assert t.equal(t.rand(3), expected)
+
+
+def test_names_and_rotation_are_transformer_lens_own():
+    """TransformerLens's bridge around the same Llama: every name of the course's decoder is one of its
+    `tl_parameters()` with the same values (W_K, W_V expanded to n_heads by repeat_interleave), and its
+    hook_rot_q / hook_rot_k equal apply_rotary of its hook_q / hook_k."""
+    from utils.llama_reference import transformer_lens_bridge
+
+    cfg = ref.DecoderConfig(**SIZES)
+    bridge = transformer_lens_bridge()
+    tl_params = bridge.tl_parameters()
+    mine = ref.convert_llama_weights(reference_llama().state_dict(), cfg)
+    group = cfg.n_heads // cfg.n_kv_heads
+    assert set(mine) <= set(tl_params)
+    for name, value in mine.items():
+        expected = value.repeat_interleave(group, dim=0) if name.endswith(("W_K", "W_V")) else value
+        assert t.equal(tl_params[name], expected), name
+    assert all(bool((tl_params[n] == 0).all()) for n in set(tl_params) - set(mine))
+    tokens = t.randint(0, cfg.d_vocab, (2, 7), generator=t.Generator().manual_seed(3))
+    with t.no_grad():
+        logits, cache = bridge.run_with_cache(tokens)
+    assert (logits - llama_logits(tokens)).abs().max().item() < 1e-5
+    for which in ("q", "k"):
+        rotated = ref.apply_rotary(cache[f"blocks.0.attn.hook_{which}"], 0, cfg.rope_theta)
+        assert (rotated - cache[f"blocks.0.attn.hook_rot_{which}"]).abs().max().item() < 1e-5
+    # booting the bridge must not have touched the reference model the checks use
+    assert set(reference_llama().state_dict()) == set(ref.llama_names(cfg))

@@ -79,3 +79,30 @@ def llama_greedy(tokens: Tensor, max_new_tokens: int, seed: int = SEED) -> Tenso
     with t.no_grad(), _quiet():
         return model.generate(tokens, attention_mask=t.ones_like(tokens), max_new_tokens=max_new_tokens,
                               min_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+
+
+@functools.cache
+def _bridge(seed: int):
+    import copy
+    import tempfile
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from utils.tokenizer import gpt2_tokenizer
+
+    folder = tempfile.mkdtemp(prefix="tfs-llama-")
+    llama_config().save_pretrained(folder)
+    # Booting wraps the model's modules in place: give the bridge its own copy, never the cached reference.
+    hf_model = copy.deepcopy(_reference_llama(seed))
+    with _quiet():
+        bridge = TransformerBridge.boot_transformers(folder, hf_model=hf_model, tokenizer=gpt2_tokenizer())
+        bridge.enable_compatibility_mode(fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                         fold_value_biases=False)
+    return bridge.eval()
+
+
+def transformer_lens_bridge(seed: int = SEED):
+    """TransformerLens's `TransformerBridge` around a copy of the reference Llama (cached; about 1 s). Its
+    `tl_parameters()` and hook names are TransformerLens's own for this architecture. The tokenizer is only a
+    placeholder the bridge requires (GPT-2's); pass token ids, not text."""
+    return _bridge(seed)
