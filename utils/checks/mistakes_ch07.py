@@ -238,7 +238,7 @@ class _ScaledByDModel(ref.GroupedQueryAttention):
 
 GQA_MISTAKES = [
     Mistake("kv_heads_tiled", _gqa("_KvHeadsTiled", tile=True),
-            "you tiled the key/value heads (`repeat`: a, b, a, b); query head h reads kv head h // group, so expand "
+            "you tiled the key/value heads with `repeat` (a, b, a, b); query head h reads kv head h // group, so expand "
             "with `repeat_interleave(group, dim=2)` (a, a, b, b)."),
     Mistake("rope_on_values", _gqa("_RopeOnValues", rope_v=True),
             "rotate queries and keys only: RoPE is never applied to the values."),
@@ -350,7 +350,7 @@ NAME_MAP_MISTAKES = [
     Mistake("kv_split_into_n_heads", _mapper(kv_heads_from="n_heads"),
             "k_proj and v_proj have n_kv_heads heads: split them with `n_heads=cfg.n_kv_heads`."),
     Mistake("gate_up_swapped", _mapper(swap_gate_up=True),
-            "W_gate is `gate_proj` (the SiLU branch) and W_in is `up_proj`: you swapped them."),
+            "W_gate is `gate_proj` (the SiLU branch) and W_in is `up_proj`; you swapped them."),
     Mistake("norms_swapped", _mapper(swap_norms=True),
             "ln1 is `input_layernorm` (before attention) and ln2 is `post_attention_layernorm` (before the MLP)."),
     Mistake("unembedding_from_embedding", _mapper(tied=True),
