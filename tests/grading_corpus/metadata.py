@@ -102,13 +102,14 @@ def deleted_test_after_markdown(layout: Layout):
     return nb
 
 
-def nbformat_45_duplicate_ids(layout: Layout):
-    nb = clean(layout.solution)
-    nb.nbformat_minor = 5
-    for i, cell in enumerate(nb.cells):
+def nbformat_45_duplicate_ids(layout: Layout) -> bytes:
+    """Raw bytes: nbformat.writes would repair the duplicate id before the grader ever saw it."""
+    nb = json.loads(nbformat.writes(clean(layout.solution)))
+    nb["nbformat_minor"] = 5
+    for i, cell in enumerate(nb["cells"]):
         cell["id"] = f"cell-{i}"
-    nb.cells[3]["id"] = nb.cells[2]["id"]
-    return nb
+    nb["cells"][3]["id"] = nb["cells"][2]["id"]
+    return json.dumps(nb).encode()
 
 
 def combined(*edits):

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,7 +110,9 @@ def unreadable(path: Path) -> str:
     if path.stat().st_size > MAX_NOTEBOOK_BYTES:
         return f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 2**20} MB"
     try:
-        nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        with warnings.catch_warnings():  # nbformat's note on a duplicate cell id: normalise repairs those
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
         if not isinstance(nb.cells, list) or not all(isinstance(c, dict) and isinstance(c.get("source"), str)
                                                      and isinstance(c.get("cell_type"), str) for c in nb.cells):
             raise ValueError("its cells are not a list of cells with a type and a source")
