@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Notebooks never reach the hub for weights: offline is the default, and the reference loader falls back
-# to a seeded random GPT-2 at once. Set TFS_ONLINE=1 to let it download real GPT-2.
+# The reference loader (TFS_REFERENCE=auto) uses real GPT-2 small when it is in the Hugging Face cache or the
+# hub answers, and otherwise a seeded random stand-in at once. HF_HUB_OFFLINE=1 (what CI sets) skips the hub.
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= disabled
@@ -16,6 +16,8 @@ help:
 	@echo "make build  - regenerate chapters/ and utils/reference/ from solutions/"
 	@echo "make grade NB=chapters/02_components.ipynb - progress report for one notebook"
 	@echo "make bench  - speed figures against TransformerLens/transformers (bench/results/latest.md)"
+	@echo "make class-report - after make autograde: what the class got wrong (class-report/)"
+	@echo "make progress FOLDER=... - live students x exercises table for a session"
 
 env: $(STAMP)
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -54,7 +56,7 @@ clean:
 # ---- Grading with nbgrader (docs/instructors.md). CH="02_components 03_assembly" limits a step to chapters;
 # SUBMISSIONS is a folder holding <student>/<chapter>.ipynb; WORKERS submissions are graded at a time (default:
 # the number of cores). Submissions run sandboxed (bubblewrap).
-.PHONY: release collect autograde feedback export grading-bench
+.PHONY: release collect autograde feedback export grading-bench class-report progress
 release: $(STAMP)
 	$(PY) -m utils.grading release $(CH)
 
@@ -73,3 +75,13 @@ export: $(STAMP)
 
 grading-bench: $(STAMP)
 	$(PY) -m utils.grading.bench --students $(or $(STUDENTS),30) $(if $(CH),--chapters $(CH)) $(if $(WORKERS),--workers $(WORKERS))
+
+# After `make autograde`: per exercise, how many passed and which catalogued mistakes the failures named
+# (class-report/report.md, .html, .csv). Reads the autograded notebooks; runs no student code.
+class-report: $(STAMP)
+	$(PY) -m utils.grading.class_report $(CH)
+
+# A live session: FOLDER of learners' notebooks -> students x exercises (runs copies, unsandboxed; see docs).
+progress: $(STAMP)
+	@test -n "$(FOLDER)" || { echo "usage: make progress FOLDER=shared/folder [PROGRESS_ARGS='--html progress.html --every 120']"; exit 2; }
+	$(PY) -m utils.progress $(FOLDER) $(PROGRESS_ARGS)

@@ -15,6 +15,25 @@ SOLUTION_NOTEBOOKS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.fixture(scope="session")
+def gpt2_hub(tmp_path_factory) -> Path:
+    """An HF_HOME holding a faithful 2-layer GPT-2 small snapshot under `openai-community/gpt2` and `gpt2`
+    (tests/gpt2_snapshot.py): the path a learner with real GPT-2 takes. Written once per session (~15 s)."""
+    from tests.gpt2_snapshot import write_gpt2_snapshot
+
+    return write_gpt2_snapshot(tmp_path_factory.mktemp("hf_home"), n_layer=2)
+
+
+@pytest.fixture
+def real_gpt2_env(gpt2_hub, monkeypatch):
+    """Make this test, and every process it starts (notebook kernels too), see the snapshot as real GPT-2."""
+    from tests.gpt2_snapshot import snapshot_env
+
+    for name, value in snapshot_env(gpt2_hub).items():
+        monkeypatch.setenv(name, value)
+    return gpt2_hub
+
+
+@pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
 

@@ -56,3 +56,29 @@ def test_unreadable_notebook_gives_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout.strip().count("\n") == 0 and "cannot be read as a notebook" in proc.stdout
     assert bad.read_text() == "{ this is not json"
+
+
+def _solution_source(grade_id: str) -> str:
+    nb = nbformat.read(ROOT / "solutions" / "02_components.ipynb", as_version=4)
+    return next(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def test_the_whole_diagnosis_is_shown_not_its_first_160_characters(tmp_path):
+    body = _solution_source("layer_norm_solution").replace(
+        "centred.pow(2).mean(dim=-1, keepdim=True)", "residual.var(dim=-1, keepdim=True, unbiased=True)")
+    assert body != _solution_source("layer_norm_solution")
+    proc = grade(learner_copy(tmp_path, "unbiased.ipynb", body))
+    assert proc.returncode == 1
+    flat = " ".join(proc.stdout.split())
+    assert "This matches a known mistake" in flat and "unbiased" in flat.lower()
+
+
+def test_a_failing_cell_after_the_exercises_is_reported_and_fails_the_run(tmp_path):
+    path = learner_copy(tmp_path, "demo.ipynb", _solution_source("layer_norm_solution"))
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("print(trained_model)"))  # a demo whose setup never ran
+    nbformat.write(nb, str(path))
+    proc = grade(path)
+    assert "1 of 1 exercises pass; 1 other cell failed" in proc.stdout
+    assert f"cell {len(nb.cells) - 1} failed: NameError: name 'trained_model' is not defined" in proc.stdout
+    assert proc.returncode == 1

@@ -142,3 +142,13 @@ def test_failure_cause_is_the_exception_not_the_log_tail():
         "[AutogradeApp | ERROR] Please see the error log for details on the specific errors on the above failures."])
     assert failure_cause(log, 1) == "nbgrader.nbgraderformat.common.ValidationError: Notebook failed to validate"
     assert failure_cause("", 2) == "nbgrader exited with status 2 without an error message"
+
+
+def test_class_report_shows_why_a_submission_was_not_graded(tmp_path):
+    from utils.grading import class_report
+    from utils.grading.autograde import Outcome, write_status
+
+    (tmp_path / "submitted" / "bob" / CHAPTER).mkdir(parents=True)
+    write_status(tmp_path, Outcome(CHAPTER, "bob", False, 0.0, f"{CHAPTER}.ipynb is not a valid notebook: NotJSONError"))
+    report = class_report.read_chapter(tmp_path, CHAPTER)
+    assert report.notes["bob"] == f"NOT GRADED: {CHAPTER}.ipynb is not a valid notebook: NotJSONError"

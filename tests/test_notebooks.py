@@ -1,5 +1,7 @@
-"""Every solution notebook runs offline with all its exercises passing; every learner notebook runs with
-errors only from its `NotImplementedError` stubs and the checks that call them."""
+"""Every solution notebook runs with all its exercises passing; every learner notebook runs with errors only
+from its `NotImplementedError` stubs and the checks that call them. Both offline (the random stand-in) and on
+the path most learners take: real GPT-2 small in the Hugging Face cache (the faithful snapshot of
+tests/gpt2_snapshot.py, tied embeddings and all)."""
 
 from __future__ import annotations
 
@@ -21,10 +23,34 @@ def errors(nb) -> list[tuple[int, str, str]]:
     return found
 
 
+# Chapter 05 trains its own model on its own corpus and never loads the reference: one run says all.
+NO_REFERENCE = {"05_training"}
+CASES = [pytest.param(path, ref, id=f"{ref}-{path.stem}") for ref in ("offline", "real-gpt2")
+         for path in SOLUTION_NOTEBOOKS if not (ref == "real-gpt2" and path.stem in NO_REFERENCE)]
+
+
+@pytest.fixture
+def use_reference(request):
+    def use(reference: str) -> None:
+        if reference == "real-gpt2":
+            request.getfixturevalue("real_gpt2_env")  # kernels inherit the environment that points at the snapshot
+    return use
+
+
+def reference_lines(nb) -> list[str]:
+    return [line for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout"
+            for line in o.get("text", "").splitlines() if line.startswith("Reference model:")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
-def test_solution_notebook_passes_every_exercise(path, executed_solution):
-    nb, rows = executed_solution(path)  # shared with the browser test: each solution runs once per session
+@pytest.mark.parametrize("path, reference", CASES)
+def test_solution_notebook_passes_every_exercise(path, reference, use_reference, executed_solution):
+    use_reference(reference)
+    # offline runs are shared with the browser test: each solution runs once per session
+    nb, rows = executed_solution(path) if reference == "offline" else run_notebook(path)
+    if reference == "real-gpt2":
+        lines = reference_lines(nb)
+        assert lines and all("GPT-2 small, real weights" in line for line in lines), lines
     assert not errors(nb), errors(nb)
     failing = [(r.exercise, r.message) for r in rows if not r.ok]
     assert not failing, failing
@@ -32,8 +58,9 @@ def test_solution_notebook_passes_every_exercise(path, executed_solution):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
-def test_learner_notebook_fails_only_on_stubs(path):
+@pytest.mark.parametrize("path, reference", CASES)
+def test_learner_notebook_fails_only_on_stubs(path, reference, use_reference):
+    use_reference(reference)
     nb, rows = run_notebook(ROOT / "chapters" / path.name)
     unexpected = [e for e in errors(nb) if e[1] not in STUB_ERRORS]
     assert not unexpected, f"errors other than NotImplementedError: {unexpected}"

@@ -85,20 +85,59 @@ def test_unknown_kind_gives_one_line_and_the_offline_fallback():
     assert proc.stderr == ""
 
 
+def _report_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("Reference model:")]
+
+
 def test_broken_weights_cache_falls_back_in_one_line(tmp_path):
     """A cached GPT-2 whose weights file is damaged: one clear line, then the random model; no traceback."""
-    snapshot = tmp_path / "models--gpt2" / "snapshots" / "0123456789abcdef"
+    snapshot = tmp_path / "models--openai-community--gpt2" / "snapshots" / "0123456789abcdef"
     snapshot.mkdir(parents=True)
-    (tmp_path / "models--gpt2" / "refs").mkdir()
-    (tmp_path / "models--gpt2" / "refs" / "main").write_text("0123456789abcdef")
+    (tmp_path / "models--openai-community--gpt2" / "refs").mkdir()
+    (tmp_path / "models--openai-community--gpt2" / "refs" / "main").write_text("0123456789abcdef")
     (snapshot / "config.json").write_text('{"model_type": "gpt2", "n_layer": 1}')
     (snapshot / "model.safetensors").write_bytes(b"not a safetensors file")
     proc = _run("from utils.reference_model import reference_gpt2; print(reference_gpt2().tfs_info.kind)",
                 HF_HUB_CACHE=str(tmp_path), TFS_REFERENCE="gpt2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    assert "could not be loaded" in out and out.strip().splitlines()[-1] == "random-mini"
+    lines = _report_lines(proc.stdout)
+    assert len(lines) == 1, proc.stdout  # never "real weights" first and "random" after
+    assert "random weights" in lines[0] and "could not be read" in lines[0] and "delete them" in lines[0]
+    assert proc.stdout.strip().splitlines()[-1] == "random-mini"
     assert "Traceback" not in proc.stderr
+
+
+REAL_PROBE = """
+import torch as t
+from utils.reference_model import reference_gpt2, reference_params
+model = reference_gpt2()
+params = reference_params()
+print(model.tfs_info.kind, model.cfg.n_layers, model.cfg.d_model,
+      t.equal(params["unembed.W_U"], params["embed.W_E"].T), float(params["unembed.b_U"].abs().max()))
+print(model.to_tokens("Hello world").tolist())
+"""
+
+
+@pytest.mark.parametrize("repo_ids", [("openai-community/gpt2",), ("gpt2",), ("openai-community/gpt2", "gpt2")],
+                         ids=["canonical-id", "old-alias", "both"])
+def test_cached_real_gpt2_is_found_under_either_hub_id_and_reported_once(gpt2_hub, tmp_path, repo_ids):
+    """The hub snapshot as `huggingface_hub` writes it (tests/gpt2_snapshot.py): found under the canonical id
+    `openai-community/gpt2` as well as `gpt2`, loaded with tied embeddings and GPT-2's zero unembedding bias,
+    and announced in exactly one line."""
+    from tests.gpt2_snapshot import snapshot_env
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for repo_id in repo_ids:
+        name = "models--" + repo_id.replace("/", "--")
+        (hub / name).symlink_to(gpt2_hub / "hub" / name, target_is_directory=True)
+    proc = _run(REAL_PROBE, **snapshot_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _report_lines(proc.stdout) == ["Reference model: GPT-2 small, real weights (from the Hugging Face cache)"]
+    summary, tokens = proc.stdout.strip().splitlines()[-2:]
+    assert summary == "gpt2 2 768 True 0.0"
+    assert tokens == "[[50256, 15496, 995]]"
+    assert proc.stderr == ""
 
 
 def test_offline_never_probes_the_network(monkeypatch):
@@ -112,3 +151,17 @@ def test_offline_never_probes_the_network(monkeypatch):
 def test_config_fields_match_the_course_config(cfg):
     assert cfg.d_model == cfg.n_heads * cfg.d_head == 128
     assert cfg.d_vocab == 50257 and cfg.n_layers == 2
+
+
+def test_demo_runs_on_the_real_gpt2_path(gpt2_hub):
+    """`python -m utils.demo --reference gpt2` with GPT-2 in the cache: loads it, reports it once, and the course's
+    model loaded with its weights reproduces its logits."""
+    from tests.gpt2_snapshot import snapshot_env
+
+    proc = subprocess.run([sys.executable, "-m", "utils.demo", "--reference", "gpt2", "--new-tokens", "3"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **snapshot_env(gpt2_hub)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _report_lines(proc.stdout) == ["Reference model: GPT-2 small, real weights (from the Hugging Face cache)"]
+    diff = next(line for line in proc.stdout.splitlines() if line.startswith("max |logit diff|"))
+    assert float(diff.rsplit(" ", 1)[1]) < 1e-3, diff
+    assert "greedy continuation" in proc.stdout

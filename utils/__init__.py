@@ -4,4 +4,4 @@ Nothing heavy runs at import: models, tokenizers and activations are built by ca
 the first time a notebook asks for them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,7 +1,12 @@
 """`python -m utils.grade NOTEBOOK.ipynb`: a learner's progress report.
 
 Runs a copy of the notebook headless (the learner's file is never written), then prints one row per
-exercise: its id, ✓ or ✗, and the first line of what its check said. Exits 0 only if every exercise passes.
+exercise: its id, ✓ or ✗, and what its check said, in full. Cells that are not exercises but failed or were
+stopped (a demo that timed out, a `NameError` after it) are listed below the table: a pass is only reported
+for what really ran. Exits 0 only if every exercise passes and no other cell failed.
+
+Demos run short (`TFS_FAST=1`: training demos take a slice of the corpus and a few dozen steps) so that a
+progress run takes seconds, not minutes; `--full` runs them as written.
 
     exercise            status  message
     layer_norm          ✓       LayerNorm matches the reference (random-mini) on 3 inputs
@@ -14,7 +19,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +46,10 @@ def exercise_cells(nb) -> list[tuple[int, str]]:
     return found
 
 
+def _text(text: str) -> str:
+    return " ".join(ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip())
+
+
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
     return lines[0] if lines else ""
@@ -54,6 +65,7 @@ def cell_result(cell, exercise: str) -> Row:
                 return Row(exercise, False, "not implemented yet")
             if name == "CellTimeoutError" or "timed out" in value.lower():
                 return Row(exercise, False, f"timed out after {CELL_TIMEOUT} s")
+            value = _text(out.get("evalue", ""))  # the whole diagnosis: its hint is usually past the first line
             return Row(exercise, False, f"{name}: {value}" if name != "AssertionError" else value)
         if out.get("output_type") == "stream" and out.get("name") == "stdout":
             stdout += out.get("text", "")
@@ -70,8 +82,9 @@ def grade(path: Path, timeout: int = CELL_TIMEOUT) -> list[Row]:
     return run_notebook(path, timeout)[1]
 
 
-def run_notebook(path: Path, timeout: int = CELL_TIMEOUT):
-    """Execute a copy of the notebook at `path`; returns the executed copy and one Row per exercise."""
+def run_notebook(path: Path, timeout: int = CELL_TIMEOUT, kernel_name: str = "python3", cwd: Path | None = None):
+    """Execute a copy of the notebook at `path` (in `cwd`, default its own folder) with the kernel `kernel_name`;
+    returns the executed copy and one Row per exercise."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -86,8 +99,8 @@ def run_notebook(path: Path, timeout: int = CELL_TIMEOUT):
     if not targets:
         raise SystemExit(f"{path}: no autograded exercise cells found (is this a course notebook?).")
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
-        resources={"metadata": {"path": str(path.parent.resolve())}},
+        nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True, interrupt_on_timeout=True,
+        resources={"metadata": {"path": str((cwd or path.parent).resolve())}},
     )
     try:
         client.execute()
@@ -107,13 +120,41 @@ def run_notebook(path: Path, timeout: int = CELL_TIMEOUT):
     return nb, rows
 
 
-def table(rows: list[Row]) -> str:
-    width = max(len("exercise"), *(len(r.exercise) for r in rows)) + 2
-    lines = [f"{'exercise':<{width}}status  message"]
+STUB_ERRORS = ("NotImplementedError", "NotImplementedYet")
+
+
+def other_failures(nb) -> list[str]:
+    """One line for each cell that is not an exercise check and was stopped or raised (stubs aside)."""
+    checks = {index for index, _ in exercise_cells(nb)}
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if index in checks or cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") != "error" or out.get("ename") in STUB_ERRORS:
+                continue
+            if out.get("ename") == "KeyboardInterrupt":
+                found.append(f"cell {index} was stopped after its time limit (a long demo or an infinite loop?)")
+            else:
+                found.append(f"cell {index} failed: {out.get('ename')}: {_first_line(out.get('evalue', ''))}")
+    return found
+
+
+def table(rows: list[Row], others: list[str] = (), width: int = 110) -> str:
+    name_width = max(len("exercise"), *(len(r.exercise) for r in rows)) + 2
+    indent = " " * (name_width + 8)
+    lines = [f"{'exercise':<{name_width}}status  message"]
     for r in rows:
-        lines.append(f"{r.exercise:<{width}}{'✓' if r.ok else '✗':<8}{r.message[:160]}")
+        wrapped = textwrap.wrap(r.message, max(40, width - len(indent))) or [""]
+        lines.append(f"{r.exercise:<{name_width}}{'✓' if r.ok else '✗':<8}{wrapped[0]}")
+        lines += [indent + more for more in wrapped[1:]]
     passed = sum(r.ok for r in rows)
-    lines.append(f"{passed} of {len(rows)} exercises pass")
+    summary = f"{passed} of {len(rows)} exercises pass"
+    if others:
+        lines += ["", "Other cells that did not run cleanly (results after them may be missing):",
+                  *(f"  {line}" for line in others)]
+        summary += f"; {len(others)} other cell{'s' if len(others) > 1 else ''} failed"
+    lines.append(summary)
     return "\n".join(lines)
 
 
@@ -121,17 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.grade", description="A learner's progress report.")
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help="seconds per cell (default %(default)s)")
+    parser.add_argument("--full", action="store_true", help="run the demos at full length (default: TFS_FAST=1)")
     args = parser.parse_args(argv)
     if not args.notebook.is_file():
         print(f"{args.notebook}: no such notebook.")
         return 2
+    os.environ["TFS_FAST"] = "0" if args.full else os.environ.get("TFS_FAST", "1")  # the kernel inherits it
     try:
-        rows = grade(args.notebook, args.timeout)
+        nb, rows = run_notebook(args.notebook, args.timeout)
     except SystemExit as exc:
         print(exc)
         return 2
-    print(table(rows))
-    return 0 if all(r.ok for r in rows) else 1
+    others = other_failures(nb)
+    print(table(rows, others, shutil.get_terminal_size((110, 24)).columns))
+    return 0 if all(r.ok for r in rows) and not others else 1
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ REFERENCE_TEXT = (
     "One day I will exceed human level intelligence and take over the world!"
 )
 RANDOM_SEED = 0
+REAL_DESCRIPTION = "GPT-2 small, real weights (from the Hugging Face cache)"
 _RANDOM_SIZES = {
     "random-mini": dict(n_layer=2, n_embd=128, n_head=4, n_inner=512, n_positions=256),
     "random-gpt2": dict(n_layer=12, n_embd=768, n_head=12, n_inner=3072, n_positions=1024),
@@ -94,13 +95,18 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+# The hub's canonical id first; `gpt2` is its old alias, still found in many caches.
+GPT2_REPO_IDS = ("openai-community/gpt2", "gpt2")
+
+
 def _cached_gpt2_folder() -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    config = try_to_load_from_cache("gpt2", "config.json")
-    weights = try_to_load_from_cache("gpt2", "model.safetensors")
-    if isinstance(config, str) and isinstance(weights, str):
-        return Path(config).parent
+    for repo_id in GPT2_REPO_IDS:
+        config = try_to_load_from_cache(repo_id, "config.json")
+        weights = try_to_load_from_cache(repo_id, "model.safetensors")
+        if isinstance(config, str) and isinstance(weights, str):
+            return Path(config).parent
     return None
 
 
@@ -117,10 +123,33 @@ def _real_gpt2_folder() -> tuple[Path | None, str]:
 
     try:
         with _quiet():
-            path = snapshot_download("gpt2", allow_patterns=["config.json", "model.safetensors", "*.json", "*.txt"])
+            path = snapshot_download(GPT2_REPO_IDS[0], allow_patterns=["config.json", "model.safetensors", "*.json", "*.txt"])
         return Path(path), ""
     except Exception as exc:  # any download failure ends in the offline fallback, in one line
         return None, f"downloading GPT-2 failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+
+
+def _unusable_reason(folder: Path) -> str:
+    """Why the cached files in `folder` cannot be GPT-2 ("" when they look right), read from the config and the
+    safetensors header only, so that a broken cache is found in milliseconds, before anything is announced."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+            keys = set(weights.keys())
+    except Exception as exc:  # unreadable JSON or a damaged weights file
+        return f"GPT-2's cached files in {folder} could not be read ({type(exc).__name__}; delete them)"
+    if config.get("model_type") != "gpt2":
+        return f"the cached config in {folder} is not GPT-2's (model_type {config.get('model_type')!r})"
+    wanted = {"wte.weight", "wpe.weight", "ln_f.weight", *(f"h.{i}.attn.c_attn.weight" for i in range(config.get("n_layer", 0)))}
+    prefixed = {k.removeprefix("transformer.") for k in keys}
+    missing = sorted(wanted - prefixed)
+    if missing:
+        return f"GPT-2's cached weights in {folder} lack {', '.join(missing[:3])} (delete them)"
+    return ""
 
 
 def _randomize_(hf_model, seed: int) -> None:
@@ -191,16 +220,17 @@ def _load(kind: str):
     with t.random.fork_rng(devices=[]):  # loading never moves the learner's random number stream
         if kind in ("auto", "gpt2"):
             folder, reason = _real_gpt2_folder()
-            if folder is not None:
-                _say("GPT-2 small, real weights")
+            reason = reason or _unusable_reason(folder)
+            if not reason:
+                _say(REAL_DESCRIPTION)  # before the slow part; the files were validated above
                 try:
                     from transformers import GPT2LMHeadModel
 
                     with _quiet():
                         hf_model = GPT2LMHeadModel.from_pretrained(str(folder), local_files_only=True)
-                    return _boot(folder, hf_model, ReferenceInfo("gpt2", "GPT-2 small, real weights"))
-                except Exception as exc:  # a broken cache: one line, then the offline fallback
-                    reason = f"GPT-2's cached files in {folder} could not be loaded ({type(exc).__name__}; delete them)"
+                    return _boot(folder, hf_model, ReferenceInfo("gpt2", REAL_DESCRIPTION))
+                except Exception as exc:  # damage past the header (rare): a second line corrects the first
+                    reason = f"GPT-2's cached weights in {folder} failed to load after all ({type(exc).__name__}; delete them)"
             kind = "random-mini"
         return _build_random(kind, reason)
 

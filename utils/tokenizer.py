@@ -91,12 +91,13 @@ def gpt2_tokenizer():
     """GPT-2's tokenizer as a `transformers` fast tokenizer: the hub's when cached, else built offline."""
     from transformers import GPT2TokenizerFast
 
-    try:
-        hub = GPT2TokenizerFast.from_pretrained("gpt2", local_files_only=True)
-        if _is_gpt2(hub):
-            return hub
-    except (OSError, ValueError):  # not in the Hugging Face cache: the usual case offline
-        pass
+    for repo_id in ("openai-community/gpt2", "gpt2"):  # the canonical id, then its old alias
+        try:
+            hub = GPT2TokenizerFast.from_pretrained(repo_id, local_files_only=True)
+            if _is_gpt2(hub):
+                return hub
+        except (OSError, ValueError):  # not in the Hugging Face cache: the usual case offline
+            pass
     folder = _offline_tokenizer_dir()
     tokenizer = GPT2TokenizerFast.from_pretrained(str(folder))
     if not _is_gpt2(tokenizer):

@@ -19,6 +19,8 @@ from typing import Any
 import torch as t
 from torch import Tensor, nn
 
+from utils.checks.presentation import attach
+
 ATOL, RTOL = 1e-4, 1e-3
 
 
@@ -53,9 +55,12 @@ def checker(exercise_id: str, mistakes: Sequence[Mistake] = (), chapter: str = "
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(fn)
         def run(*args, **kwargs) -> None:
-            with t.random.fork_rng(devices=[]), quiet_warnings():
-                t.manual_seed(0)
-                fn(*args, **kwargs)
+            try:
+                with t.random.fork_rng(devices=[]), quiet_warnings():
+                    t.manual_seed(0)
+                    fn(*args, **kwargs)
+            except (AssertionError, NotImplementedError) as exc:  # shown as its message and the learner's lines
+                raise attach(exc)
 
         if exercise_id in REGISTRY:
             raise RuntimeError(f"Exercise id {exercise_id!r} is registered twice.")
@@ -196,6 +201,9 @@ def assert_matches(
     where = f" on {context}" if context else ""
     if not isinstance(actual, Tensor):
         fail(f"{name}: returned {describe(actual)}{where}, expected a Tensor of shape {tuple(expected.shape)}.")
+    actual = on_cpu(actual)
+    if actual.device.type != "cpu":
+        fail(f"{name}: returned a tensor on the {actual.device} device{where}, which holds no values to compare.")
 
     def named(default: str = "") -> str:
         outs = mistakes() if callable(mistakes) else mistakes
@@ -226,7 +234,7 @@ def snapshot(*tensors: Any) -> list[Tensor | None]:
 
 def assert_unchanged(before: list[Tensor | None], after: Sequence[Any], what: str, labels: Sequence[str] = ()) -> None:
     for i, (old, new) in enumerate(zip(before, after)):
-        if old is not None and not t.equal(old, new.detach()):
+        if old is not None and new.device == old.device and not t.equal(old, new.detach()):
             label = labels[i] if i < len(labels) else f"argument {i}"
             fail(f"{what} modified its input `{label}` in place. Use out-of-place operations "
                  "(`x = x - mean`, `masked_fill`, not `x -= mean` or `masked_fill_`): callers still need the input.")
@@ -257,13 +265,33 @@ def run_module(Cls: type, case: Case, what: str, names: Iterable[str] | None = N
         check_names(module, names, what)
     load_params(module, case.params, what)
     module.eval()
-    inputs = tuple(x.clone() if isinstance(x, Tensor) else x for x in case.inputs)
-    before = snapshot(*inputs)
+    device = module_device(module)  # a learner's __init__ may place parameters on a GPU: inputs go there too
+    inputs = tuple(x.clone().to(device) if isinstance(x, Tensor) else x for x in case.inputs)
+    before = snapshot(*case.inputs)
     call = call or (lambda m, *xs: m(*xs))
     with t.no_grad():
         out = call_learner(f"{what}.forward", call, module, *inputs, context=case.label)
-    assert_unchanged(before, inputs, f"{what}.forward", _argument_names(module.forward))
-    return out
+    assert_unchanged(before, on_cpu(inputs), f"{what}.forward", _argument_names(module.forward))
+    return on_cpu(out)
+
+
+def module_device(module: nn.Module) -> t.device:
+    """The device of the module's first parameter or buffer (CPU for a module with neither)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return t.device("cpu")
+
+
+def on_cpu(x: Any) -> Any:
+    """Outputs are compared on the CPU, where the reference lives (tuples and lists are walked)."""
+    if isinstance(x, Tensor) and x.device.type != "cpu":
+        try:
+            return x.cpu()
+        except (NotImplementedError, RuntimeError):  # a "meta" tensor has no values to compare
+            return x
+    if isinstance(x, (tuple, list)):
+        return type(x)(on_cpu(item) for item in x)
+    return x
 
 
 def _argument_names(fn) -> list[str]:
