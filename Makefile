@@ -54,7 +54,8 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 # ---- Grading with nbgrader (docs/instructors.md). CH="02_components 03_assembly" limits a step to chapters;
-# SUBMISSIONS is a folder holding <student>/<chapter>.ipynb. Submissions run sandboxed (bubblewrap).
+# SUBMISSIONS is a folder holding <student>/<chapter>.ipynb; WORKERS submissions are graded at a time (default:
+# the number of cores). Submissions run sandboxed (bubblewrap).
 .PHONY: release collect autograde feedback export grading-bench class-report progress
 release: $(STAMP)
 	$(PY) -m utils.grading release $(CH)
@@ -64,7 +65,7 @@ collect: $(STAMP)
 	$(PY) -m utils.grading collect $(SUBMISSIONS) $(CH)
 
 autograde: $(STAMP)
-	$(PY) -m utils.grading autograde $(CH)
+	$(PY) -m utils.grading autograde $(if $(WORKERS),--workers $(WORKERS)) $(CH)
 
 feedback: $(STAMP)
 	$(PY) -m utils.grading feedback $(CH)
@@ -73,7 +74,7 @@ export: $(STAMP)
 	$(PY) -m utils.grading export
 
 grading-bench: $(STAMP)
-	$(PY) -m utils.grading.bench --students $(or $(STUDENTS),30) $(if $(CH),--chapter $(CH))
+	$(PY) -m utils.grading.bench --students $(or $(STUDENTS),30) $(if $(CH),--chapters $(CH)) $(if $(WORKERS),--workers $(WORKERS))
 
 # After `make autograde`: per exercise, how many passed and which catalogued mistakes the failures named
 # (class-report/report.md, .html, .csv). Reads the autograded notebooks; runs no student code.

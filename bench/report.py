@@ -148,9 +148,15 @@ def _grading_rows(r: dict) -> list[str]:
         return []
     if not g.get("available"):
         return [_row("nbgrader autograde per submission", f"not available ({g.get('reason', '?')})", "—", "—", "—")]
-    return [_row(f"nbgrader autograde per submission, {g['submissions']} submissions of `{g['chapter']}` "
-                 f"(whole run {g['autograde_s']:.0f} s)",
-                 f"{g['per_submission_mean_s']:.2f} s (median {g['per_submission_median_s']:.2f} s)", "—", "—", "—")]
+    if "speedup" not in g:  # a result written before the parallel workers
+        return [_row(f"nbgrader autograde per submission, {g['submissions']} submissions of `{g['chapter']}` "
+                     f"(whole run {g['autograde_s']:.0f} s)",
+                     f"{g['per_submission_mean_s']:.2f} s (median {g['per_submission_median_s']:.2f} s)", "—", "—", "—")]
+    return [_row(f"nbgrader autograde, {g['submissions']} submissions of `{g['chapter']}`, {g['workers']} workers "
+                 f"vs sequential (whole run {g['autograde_s']:.0f} s; sequential from {g['sequential_sample']} "
+                 "submissions graded one at a time)",
+                 f"{g['per_submission_wall_s']:.2f} s each", f"{g['sequential_per_submission_s']:.2f} s each",
+                 f"{g['speedup']:.2f}×", "≥ 1.0×" + (" ✓" if g["speedup"] >= 1.0 else " ✗"))]
 
 
 def _checks(r: dict) -> list[str]:
@@ -168,7 +174,9 @@ def _checks(r: dict) -> list[str]:
                      f"cached logits differ from a full forward pass by at most {g['cached_max_abs_logit_diff']:.1e}.")
     gr = r.get("grading")
     if gr and gr.get("available"):
-        lines.append(f"- grading: every submission scored as expected: {_yes(gr['scores_as_expected'])}.")
+        same = f"; a sample graded sequentially got the same scores: {_yes(gr['same_as_sequential'])}" \
+            if "same_as_sequential" in gr else ""
+        lines.append(f"- grading: every submission scored as expected: {_yes(gr['scores_as_expected'])}{same}.")
     for size, c in r.get("checkers", {}).items():
         description = c.get("description", c.get("reference", "?")).rstrip(".")
         via = f", loaded from {c['via']}" if c.get("via") else ""

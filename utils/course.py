@@ -38,6 +38,7 @@ CHAPTERS = {
     "04_interpretability": ("Interpretability: attention patterns, logit lens, attribution, induction heads", "3 h"),
     "05_training": ("Training a transformer on a corpus every machine has", "2 h"),
     "06_sampling": ("Sampling: temperature, penalties, top-k, top-p, beam search, KV cache", "2.5 h"),
+    "07_modern_decoder": ("From GPT-2 to a modern decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention", "2.5 h"),
 }
 
 

@@ -2,7 +2,9 @@
 
     release   [CHAPTER ...]          nbgrader generate_assignment, then check release/ equals chapters/
     collect   FOLDER [CHAPTER ...]   FOLDER/<student>/<chapter>.ipynb -> submitted/<student>/<chapter>/
-    autograde [CHAPTER ...]          nbgrader autograde --force, sandboxed, with a time per submission
+    autograde [--workers N] [CHAPTER ...]
+                                     nbgrader autograde --force, once per submission, N at a time (default:
+                                     the number of cores), sandboxed; a summary of what was not graded and why
     feedback  [CHAPTER ...]          nbgrader generate_feedback --force -> feedback/
     export                           nbgrader export -> grades.csv
 
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("step", choices=["release", "collect", "autograde", "feedback", "export"])
     parser.add_argument("args", nargs="*", help="FOLDER for collect, then chapters")
+    parser.add_argument("--workers", type=int, default=None, help="autograde: submissions graded at a time")
     opts = parser.parse_args(argv)
     course = Course()
     args = list(opts.args)
@@ -45,21 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args:
             parser.error("collect needs a FOLDER holding <student>/<chapter>.ipynb")
         folder, wanted = Path(args[0]), args[1:]
-        for student, chapter in course.collect(folder, wanted or None):
+        found = course.collect(folder, wanted or None)
+        for student, chapter in found:
             print(f"collected {student}/{chapter}")
+        for path, why in found.skipped:
+            print(f"skipped {path}: {why}")
+        print(f"{len(found)} notebooks collected, {len(found.skipped)} entries skipped")
     elif opts.step == "autograde":
         if sandbox_enabled():
             require_sandbox()
-        for chapter in _released(course, args):
-            run = course.autograde(chapter)
-            for student, seconds in sorted(run.per_student.items()):
-                print(f"{chapter} {student}: {seconds:.1f} s")
-            n = max(len(run.per_student), 1)
-            print(f"{chapter}: {len(run.per_student)} submissions in {run.seconds:.0f} s "
-                  f"({run.seconds / n:.1f} s each), exit {run.returncode}")
-            if run.returncode != 0:
-                sys.stderr.write(run.log[-4000:])
-                status = 1
+        run = course.autograde(_released(course, args), workers=opts.workers,
+                               progress=lambda outcome: print(outcome.line(), flush=True))
+        print("\n".join(run.summary()))
+        status = run.returncode
     elif opts.step == "feedback":
         for chapter in _released(course, args):
             proc = course.feedback(chapter)

@@ -1,9 +1,14 @@
-"""Class-scale run: N submissions of one chapter graded in ONE `nbgrader autograde` run, timed per submission.
+"""Class-scale run: N submissions of each chapter, graded by the parallel workers, timed, and compared with
+the sequential run (one worker) on a sample.
 
-    python -m utils.grading.bench [--chapter 02_components] [--students 30] [--out bench/results/grading.json]
+    python -m utils.grading.bench [--chapters 02_components ...] [--students 30] [--workers N]
+                                  [--sequential 3] [--out bench/results/grading.json]
 
 The class is a realistic mix: a third full solutions, a third untouched releases, a third half done. It runs
-in a temporary course directory (its own gradebook) and checks every score against what it submitted.
+in a temporary course directory (its own gradebook) and checks every score against what it submitted. Then
+`--sequential` submissions per chapter (one of each kind by default; `--sequential 30` is the whole class)
+are graded again one at a time: their scores must be the same, and their time per submission gives the
+sequential estimate the speed-up is computed from (measured, not estimated, when the sample is the class).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 import nbformat
 from nbgrader.utils import is_grade, is_solution
 
-from utils.grading.config import REPO
+from utils.grading.autograde import autograde
+from utils.grading.config import REPO, chapters
 from utils.grading.course import Course
 
 
@@ -52,32 +58,45 @@ def class_of(course: Course, chapter: str, n: int) -> dict[str, set[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.grading.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--chapter", default="02_components")
+    parser.add_argument("--chapters", nargs="+", default=None, help="default: every chapter")
     parser.add_argument("--students", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=None, help="default: the number of cores")
+    parser.add_argument("--sequential", type=int, default=3, help="submissions per chapter graded sequentially")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "grading.json")
     opts = parser.parse_args(argv)
+    wanted = opts.chapters or chapters()
     with tempfile.TemporaryDirectory(prefix="tfs-bench-") as tmp:
         course = Course.temporary(Path(tmp) / "course")
         t0 = time.monotonic()
-        course.release(opts.chapter)
+        for chapter in wanted:
+            course.release(chapter)
         release_s = time.monotonic() - t0
-        expected = class_of(course, opts.chapter, opts.students)
-        run = course.autograde(opts.chapter)
-        scores = course.scores(opts.chapter)
-        wrong = [s for s, passing in expected.items()
-                 if {g for g, v in scores.get(s, {}).items() if v > 0} != passing]
-    per = sorted(run.per_student.values())
+        expected = {chapter: class_of(course, chapter, opts.students) for chapter in wanted}
+        run = course.autograde(wanted, workers=opts.workers)
+        scores = {chapter: course.scores(chapter) for chapter in wanted}
+        wrong = [f"{c}/{s}" for c in wanted for s, passing in expected[c].items()
+                 if {g for g, v in scores[c].get(s, {}).items() if v > 0} != passing]
+        sample = [job for c in wanted for job in course.jobs(c)[:opts.sequential]]
+        sequential = autograde(sample, workers=1)
+        differ = [f"{c}/{s}" for _, c, s in sample if course.scores(c).get(s) != scores[c].get(s)]
+    n = len(run.outcomes)
+    seq_each = sequential.seconds / max(len(sample), 1)
+    per = sorted(o.seconds for o in run.outcomes)
     report = {
-        "chapter": opts.chapter, "submissions": opts.students, "release_s": round(release_s, 1),
-        "autograde_s": round(run.seconds, 1), "per_submission_s": {
-            "mean": round(run.seconds / opts.students, 2), "median": round(statistics.median(per), 2),
-            "min": round(per[0], 2), "max": round(per[-1], 2)},
-        "exit": run.returncode, "wrong_scores": wrong,
+        "chapters": wanted, "students": opts.students, "submissions": n, "workers": run.workers,
+        "release_s": round(release_s, 1), "autograde_s": round(run.seconds, 1),
+        "per_submission_wall_s": round(run.seconds / n, 2),
+        "per_submission_s": {"median": round(statistics.median(per), 2), "min": round(per[0], 2),
+                             "max": round(per[-1], 2)},
+        "sequential_sample": len(sample), "sequential_per_submission_s": round(seq_each, 2),
+        "sequential_estimate_s": round(seq_each * n, 1), "speedup": round(seq_each * n / run.seconds, 2),
+        "not_graded": [f"{o.chapter}/{o.student}: {o.cause}" for o in run.outcomes if not o.graded],
+        "wrong_scores": wrong, "differ_from_sequential": differ,
     }
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    return 0 if run.returncode == 0 and not wrong else 1
+    return 0 if not report["not_graded"] and not wrong and not differ else 1
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ For every chapter it reads `autograded/<student>/<chapter>/<chapter>.ipynb` (the
 keeps) and classifies each test cell's outputs with utils.outcomes: passed, a catalogued mistake the check
 named, or "unnamed" with the message's first line (and: not implemented, timed out, not run, flagged by the
 integrity scan). A submission in `submitted/` that has no autograded notebook counts as "not graded" for every
-exercise. Nothing is executed: a partial, broken or hostile submission is only text to read here.
+exercise, with the cause `make autograde` recorded when it could not grade it (grading-status/). Nothing
+is executed: a partial, broken or hostile submission is only text to read here.
 
 Writes to `class-report/` (git-ignored): `report.md` (per exercise: passed and each failure; then one row per
 student), `exercises.csv`, `students.csv`, and `report.html`, one plotly bar chart per chapter with plotly.js
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import nbformat
 
+from utils.grading.autograde import read_status
 from utils.grading.config import REPO, chapters
 from utils.outcomes import KINDS, MISSING, NAMED, NOT_GRADED, UNREADABLE, Outcome, graded_cells, read_outcome
 
@@ -55,8 +57,14 @@ def read_chapter(root: Path, chapter: str) -> ChapterReport:
     report = ChapterReport(chapter, exercises_of(chapter))
     students = {p.parent.name for p in (root / "submitted").glob(f"*/{chapter}") if p.is_dir()}
     students |= {p.parent.name for p in (root / "autograded").glob(f"*/{chapter}") if p.is_dir()}
+    status = read_status(root)  # what `make autograde` recorded, with the cause of each submission not graded
     for student in sorted(students):
         path = root / "autograded" / student / chapter / f"{chapter}.ipynb"
+        outcome = status.get((chapter, student))
+        if not path.is_file() and outcome is not None and not outcome.graded:
+            report.notes[student] = f"NOT GRADED: {outcome.cause}"
+            report.rows[student] = {e: Outcome(e, MISSING, NOT_GRADED, NOT_GRADED) for e in report.exercises}
+            continue
         if not path.is_file():
             report.notes[student] = "submitted but not autograded (run `make autograde`)"
             report.rows[student] = {e: Outcome(e, MISSING, NOT_GRADED, NOT_GRADED) for e in report.exercises}

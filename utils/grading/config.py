@@ -50,7 +50,8 @@ def configure(c, root: str | Path | None = None, source_dir: str | Path | None =
                                         SaveAutoGrades)
 
     from utils.grading.execute import SafeExecute
-    from utils.grading.integrity import FlagIntegrity, QuietGradeCells, RestoreDeletedTestCells
+    from utils.grading.integrity import FlagIntegrity, QuietGradeCells
+    from utils.grading.normalise import NormaliseSubmission
 
     source = Path(source_dir or os.environ.get("TFS_NBGRADER_SOURCE") or default_source_dir())
     sync_source(source)
@@ -68,10 +69,10 @@ def configure(c, root: str | Path | None = None, source_dir: str | Path | None =
     c.LimitOutput.max_lines = 1000
     c.LimitOutput.max_traceback = 100
     c.Autograde.sanitize_preprocessors = [
+        NormaliseSubmission,  # metadata, cell types, deleted test cells and format repaired from the release
         ClearOutput,
-        DeduplicateIds,
+        DeduplicateIds,  # a no-op after NormaliseSubmission; kept as nbgrader's own guard
         OverwriteKernelspec,
-        RestoreDeletedTestCells,  # a deleted test cell comes back, like an edited one
         OverwriteCells,  # locked cells' sources restored from the gradebook (checksums)
         CheckCellMetadata,
     ]

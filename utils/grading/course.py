@@ -2,18 +2,20 @@
 
 Every step is a plain nbgrader command run from the course directory (the repository's root by default,
 whose `nbgrader_config.py` holds the settings), plus what nbgrader lacks:
-- `collect` copies a folder of student notebooks into nbgrader's `submitted/<student>/<chapter>/` layout;
-  a file that is not a readable notebook is kept beside it as `.invalid` and replaced by the untouched
-  release with a note, so that it is graded 0 instead of stopping the run;
+- `collect` copies a folder of student notebooks into nbgrader's `submitted/<student>/<chapter>/` layout and
+  says what it skipped and why (collect.py);
+- `autograde` runs nbgrader once per submission, several at a time, and records every outcome with its
+  cause (autograde.py); a submitted file is never modified;
+- `export` adds that outcome to grades.csv;
 - `release` checks that nbgrader's release of each chapter equals `chapters/` (the build's output);
 - `scores` reads the gradebook (tests and the benchmark use it).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,22 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
-import nbformat.reader
-
+from utils.grading.autograde import STATUS_DIR, STUDENT_ID, AutogradeRun, Outcome, autograde, read_status
+from utils.grading.collect import Collection, find_submissions
 from utils.grading.config import REPO, chapters
-
-SANITIZING = re.compile(r"Sanitizing .*[/\\\\]submitted[/\\\\]([^/\\\\]+)[/\\\\]")
-STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-MAX_NOTEBOOK_BYTES = 20 * 2**20
-
-
-@dataclass
-class AutogradeRun:
-    returncode: int
-    seconds: float  # the whole nbgrader run
-    per_student: dict[str, float]  # from one submission's start to the next one's
-    log: str
 
 
 @dataclass
@@ -74,34 +63,32 @@ class Course:
         self.nbgrader("generate_assignment", chapter, "--force")
         return self.root / "release" / chapter / f"{chapter}.ipynb"
 
-    def autograde(self, chapter: str, student: str | None = None) -> "AutogradeRun":
-        """`nbgrader autograde CHAPTER --force` over every submission (or one student), timing each one."""
-        for path in sorted((self.root / "submitted").glob(f"*/{chapter}/*.ipynb")):
-            ensure_readable(path, self.root / "release" / chapter / path.name)
-        args = ["autograde", chapter, "--force"] + ([f"--student={student}"] if student else [])
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        started: dict[str, float] = {}
-        log: list[str] = []
-        t0 = time.monotonic()
-        with subprocess.Popen([sys.executable, "-m", "nbgrader", *args], cwd=self.root, env=env, text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
-            for line in proc.stderr:
-                log.append(line)
-                found = SANITIZING.search(line)
-                if found:
-                    started.setdefault(found.group(1), time.monotonic())
-        end = time.monotonic()
-        order = sorted(started, key=started.get)
-        seconds = {s: (started[n] if n else end) - started[s]
-                   for s, n in zip(order, [*order[1:], None])}
-        return AutogradeRun(proc.returncode, end - t0, seconds, "".join(log))
+    def jobs(self, chapter: str, students: list[str] | None = None) -> list[tuple[Path, str, str]]:
+        """(root, chapter, student) for every submission of `chapter` (or the given students)."""
+        found = sorted(p.parent.name for p in (self.root / "submitted").glob(f"*/{chapter}") if p.is_dir())
+        gone = self.root / STATUS_DIR / chapter
+        for stale in gone.glob("*.json") if gone.is_dir() else ():
+            if stale.stem not in found:
+                stale.unlink()  # a status for a submission no longer there would reach grades.csv
+        return [(self.root, chapter, s) for s in found if students is None or s in students]
+
+    def autograde(self, chapters: str | list[str], students: list[str] | None = None, workers: int | None = None,
+                  progress=None) -> AutogradeRun:
+        """Every submission of `chapters` (or of the given students), one nbgrader run each, `workers` at a
+        time (default: the number of cores); see utils/grading/autograde.py."""
+        chapters = [chapters] if isinstance(chapters, str) else chapters
+        jobs = [job for chapter in chapters for job in self.jobs(chapter, students)]
+        return autograde(jobs, workers, progress=progress)
 
     def feedback(self, chapter: str) -> subprocess.CompletedProcess:
         return self.nbgrader("generate_feedback", chapter, "--force", check=False)
 
     def export(self, to: Path | None = None) -> Path:
+        """nbgrader's grades.csv plus a `grading` column: graded, graded with repairs, or NOT GRADED with the
+        cause (whose score columns are then left empty, never a silent 0)."""
         to = to or self.root / "grades.csv"
         self.nbgrader("export", f"--to={to}")
+        add_status(to, read_status(self.root))
         return to
 
     # ----------------------------------------------------------------------------------------- submissions
@@ -123,23 +110,14 @@ class Course:
         (dest.parent / "timestamp.txt").write_text(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
         return dest
 
-    def collect(self, folder: Path, chapter_names: list[str] | None = None) -> list[tuple[str, str]]:
-        """Copy `folder/<student>/<chapter>.ipynb` (or `folder/<student>/<chapter>/<chapter>.ipynb`) into
-        submitted/. Returns the (student, chapter) pairs collected; anything else is reported and skipped."""
-        wanted = chapter_names or chapters()
-        collected = []
-        for student_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
-            if not STUDENT_ID.match(student_dir.name):
-                print(f"skipped {student_dir}: not a valid student id", file=sys.stderr)
-                continue
-            for chapter in wanted:
-                for candidate in (student_dir / f"{chapter}.ipynb", student_dir / chapter / f"{chapter}.ipynb"):
-                    if candidate.is_file() and not candidate.is_symlink():
-                        dest = self.submit(student_dir.name, chapter, candidate)
-                        ensure_readable(dest, self.root / "release" / chapter / f"{chapter}.ipynb")
-                        collected.append((student_dir.name, chapter))
-                        break
-        return collected
+    def collect(self, folder: Path, chapter_names: list[str] | None = None) -> Collection:
+        """Copy `folder/<student>/<chapter>.ipynb` (or `.../<chapter>/<chapter>.ipynb`, or a browser's
+        `<chapter> (1).ipynb` when it is the only candidate) into submitted/; everything else is reported
+        as skipped, with the reason (utils/grading/collect.py)."""
+        found = find_submissions(Path(folder), chapter_names or chapters())
+        for student, chapter, path in found.collected:
+            self.submit(student, chapter, path)
+        return found
 
     # --------------------------------------------------------------------------------------------- results
 
@@ -155,38 +133,6 @@ class Course:
                     for grade in notebook.grades:
                         cells[grade.name] = float(grade.score)
         return result
-
-
-def placeholder(release: Path, reason: str):
-    """The untouched release with a first cell that says why the submission was replaced."""
-    nb = nbformat.read(str(release), as_version=4)
-    note = nbformat.v4.new_markdown_cell(f"**Grader:** the submitted file could not be graded ({reason}); it was "
-                                         "graded as an empty submission. Its original bytes are kept beside it "
-                                         "with the suffix `.invalid`.")
-    note.pop("id", None)  # the release is nbformat 4.4: no cell ids
-    nb.cells.insert(0, note)
-    return nb
-
-
-def ensure_readable(path: Path, release: Path) -> bool:
-    """True when `path` is a valid notebook; otherwise it is replaced by `placeholder` (original kept)."""
-    reason = ""
-    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
-        reason = f"larger than {MAX_NOTEBOOK_BYTES // 2**20} MB"
-    else:
-        try:
-            # readable is enough: nbgrader repairs what it can (ids, metadata) and restores the locked cells
-            nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
-            if not isinstance(nb.cells, list) or not all("cell_type" in c and "source" in c for c in nb.cells):
-                raise ValueError("cells are not a list of cells")
-        except (json.JSONDecodeError, UnicodeDecodeError, nbformat.reader.NotJSONError, ValueError,
-                KeyError, TypeError, AttributeError) as exc:
-            reason = f"not a valid notebook: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    if not reason:
-        return True
-    shutil.copyfile(path, path.with_suffix(".ipynb.invalid"))
-    nbformat.write(placeholder(release, reason), str(path))
-    return False
 
 
 def release_differences(release: Path, chapter_file: Path) -> list[str]:
@@ -205,3 +151,36 @@ def release_differences(release: Path, chapter_file: Path) -> list[str]:
             keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
             diffs.append(f"cell {i}: {', '.join(keys)} differ")
     return diffs
+
+
+SCORE_COLUMNS = ("raw_score", "late_submission_penalty", "score")
+
+
+def add_status(csv_path: Path, status: dict[tuple[str, str], Outcome]) -> None:
+    """Add the `grading` column to nbgrader's CSV; a submission that was not graded gets empty scores and
+    its cause, and one that nbgrader has no row for (it never reached the gradebook) gets a row."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    fields = list(rows[0].keys()) if rows else ["assignment", "duedate", "timestamp", "student_id", "last_name",
+                                                "first_name", "email", *SCORE_COLUMNS, "max_score"]
+    seen = set()
+    for row in rows:
+        key = (row["assignment"], row["student_id"])
+        seen.add(key)
+        outcome = status.get(key)
+        if outcome is None:
+            row["grading"] = "no submission" if not row.get("timestamp") else "graded"
+        elif outcome.graded:
+            row["grading"] = "graded" + (f" after {len(outcome.repairs)} repair(s): " + "; ".join(outcome.repairs)
+                                         if outcome.repairs else "")
+        else:
+            row["grading"] = f"NOT GRADED: {outcome.cause}"
+            row.update({k: "" for k in SCORE_COLUMNS})
+    for (chapter, student), outcome in sorted(status.items()):
+        if (chapter, student) not in seen and not outcome.graded:
+            rows.append({**{k: "" for k in fields}, "assignment": chapter, "student_id": student,
+                         "grading": f"NOT GRADED: {outcome.cause}"})
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=[*fields, "grading"])
+        writer.writeheader()
+        writer.writerows(rows)

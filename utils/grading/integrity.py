@@ -19,12 +19,15 @@ Flagged constructs
   aliased and used in any later cell, every exercise graded after the import scores 0, not only the nearest
   one; the feedback says why, and an instructor can override with a manual grade.
 - tamper: rebinding `checks` or using it other than to call a checker of this notebook; assigning or
-  deleting attributes of imported modules (`torch.allclose = ...`, `t.isclose = ...`); `setattr`/`delattr`
-  on anything but `self`; `exec`, `eval`, `compile`, `__import__`, `globals`, `vars`, `get_ipython` (and so
-  every `%magic` and `!command`); importing `inspect`, `gc`, `ctypes`, `importlib`, `builtins`, `IPython`,
-  `ipykernel`, `signal`, `unittest.mock`, `torch.overrides` or `utils.checks`; frame and code internals
-  (`f_back`, `f_locals`, `__globals__`, `__code__`, `__subclasses__`, `__dict__`, `sys._getframe`,
-  `sys.modules`, ...); defining `__torch_function__` or `__torch_dispatch__`.
+  deleting attributes of anything imported or of a plain alias of it (`torch.allclose = ...`,
+  `T = t; T.isclose = ...`, `Tensor.all = ...`), or any object's `__class__`; `setattr`/`delattr` on anything
+  but `self`; the names `exec`, `eval`, `compile`, `__import__`, `globals`, `vars`, `get_ipython` (and so
+  every `%magic` and `!command`), `setattr`, `delattr` and `importlib` in any use, called or not (an alias,
+  a default argument), unless the notebook binds that name itself; importing `inspect`, `gc`, `ctypes`,
+  `importlib`, `builtins`, `IPython`, `ipykernel`, `signal`, `unittest.mock`, `torch.overrides` or
+  `utils.checks`; frame and code internals (`f_back`, `f_locals`, `__globals__`, `__code__`,
+  `__subclasses__`, `__dict__`, `sys._getframe`, `sys.modules`, ...); defining `__torch_function__` or
+  `__torch_dispatch__`, or a subclass of `Tensor`.
 
 Statements that appear verbatim in the release (given code, e.g. chapter 03's import of the reference
 components it builds on) are never flagged. A cell that does not parse is not scanned: it cannot run.
@@ -35,15 +38,16 @@ docs/instructors.md for what remains).
 from __future__ import annotations
 
 import ast
-import copy
 from dataclasses import dataclass
-from pathlib import Path
 
-import nbformat
 from nbformat.notebooknode import NotebookNode
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_locked
+
+from utils.grading.normalise import release_notebook
+
+INTEGRITY_TAG = "tfs-integrity:"
 
 REFERENCE_MODULES = ("utils.reference", "transformer_lens.components")
 TAMPER_MODULES = ("inspect", "gc", "ctypes", "importlib", "builtins", "IPython", "ipykernel", "signal",
@@ -101,10 +105,12 @@ def _matches(module: str, prefixes: tuple[str, ...]) -> bool:
 
 
 class _Scanner(ast.NodeVisitor):
-    def __init__(self, source: str, checkers: set[str], modules: set[str]):
+    def __init__(self, source: str, checkers: set[str], modules: set[str], bound: frozenset[str] = frozenset()):
         self.source, self.checkers, self.modules = source, checkers, modules
+        self.bound = bound  # names the notebook assigns itself (a variable called `vars` is not the builtin)
         self.found: list[tuple[ast.AST, str]] = []
         self._called: set[int] = set()  # ids of `checks.x` nodes that are the function of a call
+        self._allowed: set[int] = set()  # ids of `setattr` names in `setattr(self, ...)`
 
     def flag(self, node: ast.AST, kind: str) -> None:
         self.found.append((node, kind))
@@ -143,6 +149,7 @@ class _Scanner(ast.NodeVisitor):
             first = node.args[0] if node.args else None
             if not (func.id in ("setattr", "delattr") and isinstance(first, ast.Name) and first.id == "self"):
                 self.flag(node, "tamper")
+            self._allowed.add(id(func))  # flagged here, or allowed: not again as a bare name
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "checks":
             self._called.add(id(func))
         self.generic_visit(node)
@@ -158,8 +165,8 @@ class _Scanner(ast.NodeVisitor):
         if isinstance(base, ast.Name) and base.id == "checks":
             if id(node) not in self._called or node.attr not in self.checkers or not isinstance(node.ctx, ast.Load):
                 self.flag(node, "tamper")
-        if not isinstance(node.ctx, ast.Load) and _root_name(node) in self.modules:
-            self.flag(node, "tamper")  # torch.allclose = ..., del t.isclose, F.gelu += ...
+        if not isinstance(node.ctx, ast.Load) and (_root_name(node) in self.modules or node.attr == "__class__"):
+            self.flag(node, "tamper")  # torch.allclose = ..., del t.isclose, F.gelu += ..., m.__class__ = ...
         self.generic_visit(node)
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
@@ -170,8 +177,11 @@ class _Scanner(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if node.id == "checks" and not isinstance(node.ctx, ast.Load):
             self.flag(node, "tamper")
-        if node.id in ("__builtins__", "__import__"):
-            self.flag(node, "tamper")
+        if node.id in ("__builtins__", "__import__", "importlib"):
+            self.flag(node, "tamper")  # importlib: the setup cell imports it; any use of it in a learner's cell
+        elif (node.id in TAMPER_CALLS and isinstance(node.ctx, ast.Load) and id(node) not in self._allowed
+              and node.id not in self.bound):
+            self.flag(node, "tamper")  # `s = setattr`, `g = get_ipython`, a default argument `f=exec`
         self.generic_visit(node)
 
     def _binds_checks(self, node: ast.AST, name: str) -> None:
@@ -186,6 +196,9 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self._binds_checks(node, node.name)
+        for base in node.bases:
+            if (base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")) == "Tensor":
+                self.flag(node, "tamper")  # its any()/all()/comparisons can lie to a checker
         self.generic_visit(node)
 
     def visit_Global(self, node: ast.Global) -> None:
@@ -220,13 +233,35 @@ def _release_index(release) -> tuple[set[str], set[str]]:
 
 
 def _imported_modules(nb) -> set[str]:
-    """Names bound to modules anywhere in the notebook (`import torch as t` -> t), plus the usual aliases."""
+    """Names bound to imported things anywhere in the notebook (`import torch as t` -> t, `from torch import
+    Tensor` -> Tensor), their plain aliases (`T = t`, `Tensor = t.Tensor`), plus the usual names."""
     names = set(MODULE_ALIASES)
+    trees = [_parse(cell.source) for cell in nb.cells if cell.cell_type == "code"]
+    nodes = [node for tree in trees if tree is not None for node in ast.walk(tree)]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update((a.asname or a.name.split(".")[0]) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.update((a.asname or a.name) for a in node.names if a.name != "*")
+    for _ in range(3):  # aliases of aliases
+        for node in nodes:
+            if (isinstance(node, ast.Assign) and isinstance(node.value, (ast.Name, ast.Attribute))
+                    and _root_name(node.value) in names):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _bound_names(nb) -> set[str]:
+    names = set()
     for cell in nb.cells:
         tree = _parse(cell.source) if cell.cell_type == "code" else None
         for node in ast.walk(tree) if tree is not None else ():
-            if isinstance(node, ast.Import):
-                names.update((a.asname or a.name.split(".")[0]) for a in node.names)
+            if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+                names.add(node.id)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
     return names
 
 
@@ -236,6 +271,7 @@ def scan(nb, release) -> list[Finding]:
     checkers = {cell.metadata.nbgrader["grade_id"] for cell in release.cells
                 if cell.cell_type == "code" and is_grade(cell)}
     modules = _imported_modules(nb)
+    bound = frozenset(_bound_names(nb))
     findings: list[Finding] = []
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code" or cell.source.strip() in sources or is_locked(cell):
@@ -243,7 +279,7 @@ def scan(nb, release) -> list[Finding]:
         tree = _parse(cell.source)
         if tree is None:
             continue
-        scanner = _Scanner(cell.source, checkers, modules)
+        scanner = _Scanner(cell.source, checkers, modules, bound)
         scanner.visit(tree)
         for node, kind in scanner.found:
             stmt = _enclosing_statement(tree, node)
@@ -253,13 +289,6 @@ def scan(nb, release) -> list[Finding]:
             findings.append(Finding(index, getattr(node, "lineno", 1), kind, text))
     unique = {(f.cell, f.line, f.kind): f for f in findings}
     return sorted(unique.values(), key=lambda f: (f.cell, f.line))
-
-
-def release_notebook(coursedir: CourseDirectory, assignment: str, notebook: str):
-    path = Path(coursedir.format_path(coursedir.release_directory, ".", assignment)) / f"{notebook}.ipynb"
-    if not path.exists():
-        path = Path(__file__).resolve().parents[2] / "chapters" / f"{notebook}.ipynb"
-    return nbformat.read(str(path), as_version=4)
 
 
 class FlagIntegrity(NbGraderPreprocessor):
@@ -278,7 +307,7 @@ class FlagIntegrity(NbGraderPreprocessor):
                                                  evalue=first.message(),
                                                  traceback=[f"GradingIntegrityError: {first.message()}"]))
         resources.setdefault("tfs_integrity", [f.message() for f in findings])
-        self.log.warning("%s/%s: %s", info["student"], info["notebook"], first.message())
+        self.log.warning("%s %s/%s: %s", INTEGRITY_TAG, info["student"], info["notebook"], first.message())
         return nb, resources
 
 
@@ -298,28 +327,3 @@ class QuietGradeCells(NbGraderPreprocessor):
                                      text="[the grader hid warnings this cell printed to stderr]\n"))
             cell.outputs = kept
         return cell, resources
-
-
-class RestoreDeletedTestCells(NbGraderPreprocessor):
-    """nbgrader restores an edited test cell from the gradebook but not a deleted one (the exercise then scores
-    0 however good the code). Before nbgrader's OverwriteCells runs, every test cell of the release that the
-    submission lacks is put back after the cell that precedes it in the release (its solution cell)."""
-
-    def preprocess(self, nb, resources):
-        info = resources["nbgrader"]
-        release = release_notebook(CourseDirectory(config=self.config), info["assignment"], info["notebook"])
-        present = {cell.metadata.get("nbgrader", {}).get("grade_id") for cell in nb.cells}
-        ids = [cell.metadata.get("nbgrader", {}).get("grade_id") for cell in nb.cells]
-        for position, cell in enumerate(release.cells):
-            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-            if not grade_id or grade_id in present or not (is_grade(cell) or is_locked(cell)):
-                continue
-            anchor = next((release.cells[j].metadata.get("nbgrader", {}).get("grade_id")
-                           for j in range(position - 1, -1, -1)
-                           if release.cells[j].metadata.get("nbgrader", {}).get("grade_id") in ids), None)
-            at = ids.index(anchor) + 1 if anchor else 0
-            nb.cells.insert(at, copy.deepcopy(cell))
-            ids.insert(at, grade_id)
-            present.add(grade_id)
-            self.log.warning("%s/%s: restored deleted cell %s", info["student"], info["notebook"], grade_id)
-        return nb, resources

@@ -87,17 +87,45 @@ def _parents(path: Path) -> list[Path]:
     return [p for p in reversed(path.parents) if p != Path("/")]
 
 
+def package_dir() -> Path:
+    """The course package the grader itself imported: the kernel imports this one (through PYTHONPATH), not
+    whatever an editable install in the environment points at (another checkout, say)."""
+    return Path(utils.__file__).resolve().parent
+
+
+def kernel_python() -> Path:
+    """The environment's interpreter at its real location: a symlinked `.venv`, or one outside the
+    repository, is bound at its resolved path, so the path the kernel starts from must be that one."""
+    venv = Path(sys.prefix).resolve()
+    for name in (Path(sys.executable).name, "python3", "python"):
+        if (venv / "bin" / name).exists():
+            return venv / "bin" / name
+    return Path(sys.executable).resolve()
+
+
+def _link_dirs(path: Path) -> set[Path]:
+    """Folders of every link on the way from `path` to the real interpreter (/etc/alternatives, say): they
+    must exist in the sandbox too, or the interpreter's symlink is dangling there."""
+    dirs, seen = set(), set()
+    while path.is_symlink() and path not in seen:
+        seen.add(path)
+        target = Path(os.readlink(path))
+        path = target if target.is_absolute() else path.parent / target
+        dirs.add(Path(os.path.realpath(path.parent)))
+    return dirs
+
+
 def _readonly_roots() -> list[Path]:
     """Directories bound read-only: the Python installation, the venv and the course package, nothing else."""
-    package = Path(utils.__file__).resolve().parent
-    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package}
-    roots = {r for r in roots if not str(r).startswith("/usr/")}
+    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package_dir(),
+             *_link_dirs(kernel_python())}
+    roots = {r for r in roots if not str(r).startswith("/usr/") and r != Path("/usr")}
     # a root inside another root needs no bind of its own (the venv may hold an installed `utils`)
     return sorted(r for r in roots if not any(o != r and o in r.parents for o in roots))
 
 
 def sandbox_env(limits: Limits) -> dict[str, str]:
-    venv_bin = str(Path(sys.prefix) / "bin")
+    venv_bin = str(kernel_python().parent)
     threads = str(limits.threads)
     return {
         "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
@@ -105,6 +133,7 @@ def sandbox_env(limits: Limits) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",
+        "PYTHONPATH": str(package_dir().parent),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -215,7 +244,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         argv = super().format_kernel_cmd(extra_arguments)
-        argv[0] = sys.executable if Path(argv[0]).name.startswith("python") else argv[0]
+        argv[0] = str(kernel_python()) if Path(argv[0]).name.startswith("python") else argv[0]
         copy_submission_files(self._workdir or Path.cwd(), self._rundir / "files")
         if os.geteuid() == 0 and os.path.exists(self.connection_file):
             os.chown(self.connection_file, SANDBOX_UID, SANDBOX_UID)
