@@ -97,7 +97,7 @@ def _token_cases() -> list[tuple[str, Tensor]]:
     gen = t.Generator().manual_seed(3)
     return [
         ("the reference prompt", tokens),
-        ("a batch of 2 different sequences of length 9", t.randint(0, 50257, (2, 9), generator=gen)),
+        ("a batch of 2 different sequences of length 9", t.randint(0, config_fields()["d_vocab"], (2, 9), generator=gen)),
         ("a single token", tokens[:, :1]),
     ]
 
@@ -583,7 +583,8 @@ def greedy_generate(greedy_generate_fn) -> None:
     gen = t.Generator().manual_seed(5)
     cases = [
         ("the first 6 tokens of the reference prompt, 5 new tokens", ref_tokens[:, :6], 5),
-        ("a batch of 2 different prompts of length 4, 3 new tokens", t.randint(0, 50257, (2, 4), generator=gen), 3),
+        ("a batch of 2 different prompts of length 4, 3 new tokens",
+         t.randint(0, model.cfg.d_vocab, (2, 4), generator=gen), 3),
         ("one new token", ref_tokens[:, :3], 1),
     ]
     for label, prompt, n_new in cases:

@@ -15,6 +15,7 @@ the token stream, so chapter 05's validation text lies inside them) are never tr
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,13 +149,18 @@ def load_checkpoint(path: Path = CHECKPOINT):
 @functools.cache
 def load_course_gpt():
     """The shipped checkpoint (cached: treat it as read-only)."""
-    return load_checkpoint(CHECKPOINT)
+    return load_checkpoint(checkpoint_path())
 
 
 # ------------------------------------------------------------------------------------------ as a reference
 
 
-def course_gpt_reference(path: Path = CHECKPOINT):
+def checkpoint_path() -> Path:
+    """The shipped checkpoint, or the file `TFS_COURSE_GPT` names (a retrained or a deliberately broken one)."""
+    return Path(os.environ.get("TFS_COURSE_GPT") or CHECKPOINT)
+
+
+def course_gpt_reference(path: Path | None = None):
     """The course GPT booted into TransformerLens like the other references (a `TransformerBridge` with the
     compact tokenizer), announced in one line. Raises `CheckpointError` before printing if the file is unusable."""
     from utils.models.compact_tokenizer import CompactGPT2Tokenizer
@@ -162,7 +168,7 @@ def course_gpt_reference(path: Path = CHECKPOINT):
     from utils.tokenizer import cache_dir
 
     with _quiet():
-        hf_model, vocab, meta = load_checkpoint(path)
+        hf_model, vocab, meta = load_checkpoint(path or checkpoint_path())
     cfg = hf_model.config
     n_params = sum(p.numel() for p in hf_model.parameters())
     description = (f"the course GPT, trained on Python's standard library ({cfg.n_layer} layers, d_model {cfg.n_embd}, "

@@ -52,8 +52,8 @@ def repeated_random(n: int, seq_len: int, n_random: int, cfg: TrainConfig, gen: 
 def batch_of(split: Split, cfg: TrainConfig, gen: t.Generator) -> Int[Tensor, "batch seq_len"]:
     starts = t.randint(0, len(split.train) - cfg.seq_len, (cfg.batch,), generator=gen)
     tokens = split.train[starts[:, None] + t.arange(cfg.seq_len)]
-    if cfg.repeat_every:
-        n = cfg.batch // cfg.repeat_every
+    n = cfg.batch // cfg.repeat_every if cfg.repeat_every else 0
+    if n:  # a batch smaller than repeat_every has no repeated sequence
         tokens[:n] = repeated_random(n, cfg.seq_len, split.vocab.unknown_id, cfg, gen)
     return tokens
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     model, curve = train(cfg, split, on_eval=save_partial)
     seconds = time.perf_counter() - start
     meta = {"train_config": asdict(cfg), "size": dict(SIZE), "train_seconds": seconds, "curve": curve,
-            "torch": t.__version__, "n_train_files": split.n_train_files, "held_out_files": split.held_out_files,
+            "torch": str(t.__version__), "n_train_files": split.n_train_files, "held_out_files": split.held_out_files,
             "n_train_tokens": len(split.train), "n_held_out_tokens": len(split.held_out)}
     save_checkpoint(model, split.vocab, meta, args.out)
     print(f"trained in {seconds / 60:.1f} min; held-out loss {curve['held_out_loss'][-1]:.3f}; saved {args.out}")
