@@ -158,7 +158,7 @@ Every figure below was measured by `python -m utils.models.course_gpt_eval`, whi
   out and never trained on: {', '.join(f'`{f}`' for f in meta.get('held_out_files', []))}. They contain chapter 05's
   validation text (the last 2 % of the stream), and the vocabulary is chapter 05's, so the two models' losses compare.
 - Augmentation: one training sequence in {cfg.get('repeat_every')} is a random token sequence ({cfg.get('min_repeat')}–{cfg.get('max_repeat')}
-  tokens) repeated to fill the window. It is there so that induction and previous-token heads form within this
+  tokens) repeated to fill the window, to help induction and previous-token heads form within this
   small compute budget; the other {cfg.get('repeat_every', 1) - 1} in {cfg.get('repeat_every')} are code.
 
 ## Training
