@@ -6,6 +6,8 @@ Choose with `TFS_REFERENCE` (or the `kind` argument):
 - `gpt2`: real GPT-2 small; falls back to `random-mini`, saying why, when its weights cannot be had.
 - `random-mini`: 2 layers, d_model 128, GPT-2's vocabulary. Fast checks; the default offline.
 - `random-gpt2`: random weights at GPT-2 small's full size (12 layers, d_model 768).
+- `course-gpt`: the course's own small GPT-2, trained on Python's standard library (`utils/data/course_gpt.md`),
+  with its compact vocabulary; falls back to `random-mini`, in one line, when its checkpoint is unusable.
 
 Random weights are enough to prove that an implementation computes GPT-2's function: every weight,
 bias and LayerNorm parameter is drawn non-zero, so a forgotten bias or gain changes the output.
@@ -37,7 +39,7 @@ from torch import Tensor
 
 # Libraries that log advice to stderr on every model load (nbgrader fails a test cell that writes there).
 CHATTY_LOGGERS = ("transformers", "transformer_lens", "huggingface_hub")
-KINDS = ("auto", "gpt2", "random-mini", "random-gpt2")
+KINDS = ("auto", "gpt2", "random-mini", "random-gpt2", "course-gpt")
 # ARENA's reference sentence; real GPT-2 small's average loss on it is about 4.04 nats.
 REFERENCE_TEXT = (
     "I am an amazing autoregressive, decoder-only, GPT-2 style transformer. "
@@ -165,14 +167,14 @@ def _randomize_(hf_model, seed: int) -> None:
                 param.copy_(0.1 * t.randn(param.shape, generator=gen))
 
 
-def _boot(folder: Path, hf_model, info: ReferenceInfo):
+def _boot(folder: Path, hf_model, info: ReferenceInfo, tokenizer=None):
     from transformer_lens.model_bridge import TransformerBridge
 
     from utils.tokenizer import gpt2_tokenizer
 
     hf_model.eval()
     with _quiet():
-        bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf_model, tokenizer=gpt2_tokenizer())
+        bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf_model, tokenizer=tokenizer or gpt2_tokenizer())
         # Classic GPT-2 numerics: no LayerNorm folding, no centring, b_V kept where the checks expect it.
         bridge.enable_compatibility_mode(
             fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
@@ -233,6 +235,13 @@ def _load(kind: str):
                 except Exception as exc:  # damage past the header (rare): a second line corrects the first
                     reason = f"GPT-2's cached weights in {folder} failed to load after all ({type(exc).__name__}; delete them)"
             kind = "random-mini"
+        if kind == "course-gpt":
+            from utils.models.course_gpt import CheckpointError, course_gpt_reference
+
+            try:
+                return course_gpt_reference()
+            except CheckpointError as exc:  # missing or damaged: one line, then the random stand-in
+                reason, kind = str(exc), "random-mini"
         return _build_random(kind, reason)
 
 

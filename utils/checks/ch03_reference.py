@@ -97,7 +97,7 @@ def token_cases() -> list[tuple[str, Tensor]]:
     gen = t.Generator().manual_seed(3)
     return [
         ("the reference prompt", tokens),
-        ("a batch of 2 different sequences of length 9", t.randint(0, 50257, (2, 9), generator=gen)),
+        ("a batch of 2 different sequences of length 9", t.randint(0, config_fields()["d_vocab"], (2, 9), generator=gen)),
         ("a single token", tokens[:, :1]),
     ]
 

@@ -43,12 +43,13 @@ def decompose_resid(model: EducationalTransformer, cache) -> dict[str, Float[Ten
 
 
 @functools.cache
-def gpt2_course_model() -> EducationalTransformer:
-    """The reference GPT-2 (real weights when available) in the course's EducationalTransformer. Cached: read-only."""
+def gpt2_course_model(kind: str | None = None) -> EducationalTransformer:
+    """The reference GPT-2 of `kind` (default: the checks' reference) in the course's EducationalTransformer.
+    Cached: read-only."""
     from utils.reference_model import config_fields, reference_params
 
-    model = EducationalTransformer(TransformerConfig(**config_fields()))
-    params = reference_params()
+    model = EducationalTransformer(TransformerConfig(**config_fields(kind)))
+    params = reference_params(kind=kind)
     state = model.state_dict()
     unknown = sorted(set(params) - set(state))
     if unknown:
