@@ -455,7 +455,9 @@ def _flops(fn, *args, **kwargs):
 KV_CHUNKS = [(0, 5), (5, 6), (6, 9), (9, 10), (10, 16)]  # prefill, one token, three at once, one, six
 
 
-def _run_chunks(forward, model, tokens, what: str, learner: bool) -> Tensor:
+def run_in_chunks(forward, model, tokens, what: str, learner: bool) -> tuple[Tensor, object]:
+    """Feed `tokens` through `forward(model, chunk, cache)` in the KV_CHUNKS pieces; returns all logits and the
+    final cache. Chapter 07's RoPE cache check uses it too."""
     cache, outs = None, []
     for start, stop in KV_CHUNKS:
         label = f"positions {start}..{stop - 1} with {start} cached"
@@ -470,7 +472,7 @@ def _run_chunks(forward, model, tokens, what: str, learner: bool) -> Tensor:
             raise ValueError("not (logits, cache)")
         logits, cache = out
         outs.append(logits)
-    return t.cat(outs, dim=1)
+    return t.cat(outs, dim=1), cache
 
 
 @checker("kv_cache", mistakes.KV_CACHE_MISTAKES, chapter=CHAPTER)
@@ -480,12 +482,12 @@ def kv_cache(forward_with_cache) -> None:
     tokens = _prompts(2, 16, 500, 7)
     with t.no_grad():
         expected = model(tokens)
-        got = _run_chunks(forward_with_cache, model, tokens, "forward_with_cache", learner=True)
+        got, _ = run_in_chunks(forward_with_cache, model, tokens, "forward_with_cache", learner=True)
 
     def wrong():
         found = []
         for mistake in mistakes.KV_CACHE_MISTAKES:
-            found.append((mistake, _safe(_run_chunks, mistake.impl, model, tokens, mistake.name, False)))
+            found.append((mistake, (_safe(run_in_chunks, mistake.impl, model, tokens, mistake.name, False) or (None,))[0]))
         return found
 
     chunks = ", ".join(f"{b - a}" for a, b in KV_CHUNKS)

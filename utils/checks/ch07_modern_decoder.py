@@ -13,6 +13,7 @@ import functools
 import torch as t
 from torch import Tensor, nn
 
+from utils.checks.ch06_sampling import KV_CHUNKS, run_in_chunks
 from utils.checks.ch07_modern import (
     CHAPTER, _check_gqa, _converted, _gen, _names, _no_grad, _quietly, _require_class, _require_function, _safe,
     _uses_passing, decoder_config, rms_norm, swiglu,
@@ -200,8 +201,6 @@ def name_map(convert_llama_weights) -> None:
 
 # ---------------------------------------------------------------------------------------- cache under RoPE
 
-KV_CHUNKS = [(0, 5), (5, 6), (6, 9), (9, 10), (10, 16)]  # prefill, one token, three at once, one, six
-
 
 def _kv_tokens() -> Tensor:
     return t.randint(0, SIZES["d_vocab"], (2, 16), generator=_gen(9))
@@ -210,21 +209,6 @@ def _kv_tokens() -> Tensor:
 @functools.cache
 def _kv_expected() -> Tensor:
     return llama_logits(_kv_tokens())
-
-
-def _run_chunks(forward, model, tokens, what: str, learner: bool) -> tuple[Tensor, object]:
-    cache, outs = None, []
-    for start, stop in KV_CHUNKS:
-        label = f"positions {start}..{stop - 1} with {start} cached"
-        chunk = tokens[:, start:stop].clone()
-        out = call_learner(what, forward, model, chunk, cache, context=label) if learner else forward(model, chunk, cache)
-        if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], Tensor)):
-            if learner:
-                fail(f"{what}: returned {describe(out)} on {label}, expected a tuple (logits, cache).")
-            raise ValueError("not (logits, cache)")
-        logits, cache = out
-        outs.append(logits)
-    return t.cat(outs, dim=1), cache
 
 
 def _cache_heads(cache, what: str) -> None:
@@ -251,13 +235,13 @@ def kv_rope(forward_with_rope_cache) -> None:
     model = copy.deepcopy(_reference_decoder())
     tokens = _kv_tokens()
     with t.no_grad():
-        got, cache = _run_chunks(forward_with_rope_cache, model, tokens, what, learner=True)
+        got, cache = run_in_chunks(forward_with_rope_cache, model, tokens, what, learner=True)
 
     def wrong():
         found = []
         for mistake in KV_ROPE_MISTAKES:
             with contextlib.suppress(Exception):
-                found.append((mistake, _quietly(_no_grad(_run_chunks), mistake.impl, model, tokens, mistake.name, False)[0]))
+                found.append((mistake, _quietly(_no_grad(run_in_chunks), mistake.impl, model, tokens, mistake.name, False)[0]))
         return found
 
     chunks = ", ".join(str(b - a) for a, b in KV_CHUNKS)
