@@ -46,10 +46,10 @@ def decompose_resid(model: EducationalTransformer, cache) -> dict[str, Float[Ten
 def gpt2_course_model(kind: str | None = None) -> EducationalTransformer:
     """The reference GPT-2 of `kind` (default: the checks' reference) in the course's EducationalTransformer.
     Cached: read-only."""
-    from utils.reference_model import config_fields, reference_params
+    from utils.reference_model import config_fields, shared_params
 
     model = EducationalTransformer(TransformerConfig(**config_fields(kind)))
-    params = reference_params(kind=kind)
+    params = shared_params(kind)  # read-only; load_state_dict below copies them into the model
     state = model.state_dict()
     unknown = sorted(set(params) - set(state))
     if unknown:
