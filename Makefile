@@ -33,8 +33,12 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=chapters $(ROOT_FLAG) $(LAB_ARGS)
 
+# Two pytest workers (pytest-xdist) keep both cores busy while notebooks wait on their kernels; each worker and
+# its kernels use one thread (tests/conftest.py). Tests that share an expensive fixture (the executed solutions,
+# a graded class) are grouped onto one worker. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 build: $(STAMP)
 	$(PY) -m utils.build

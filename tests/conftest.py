@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs two pytest workers (pytest-xdist) on a 2-core machine: each worker, and every kernel it starts,
+# then uses one thread, because two workers with two threads each wait on each other (10x slower under load).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TFS_FAST", "1")  # notebooks shrink their demo training runs under test
 

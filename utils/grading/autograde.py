@@ -132,17 +132,33 @@ def failure_cause(log: str, returncode: int) -> str:
     exceptions = []
     for i, line in enumerate(lines):
         if line.rstrip().endswith("Traceback (most recent call last):"):
-            for later in lines[i + 1:]:
-                if later and not later[0].isspace() and not later.startswith(("Traceback", "During handling",
-                                                                               "The above exception")):
-                    exceptions.append(later.strip())
-                    break
+            found = _exception_line(lines[i + 1:])
+            if found:
+                exceptions.append(found)
     generic = ("There was an error processing", "Please see the", "Canceled")
     errors = [m.group(1).strip() for m in (re.search(r"\| ERROR\] (.+)", line) for line in lines)
               if m and not m.group(1).startswith(generic) and not m.group(1).startswith("Traceback")]
     last = exceptions[-1:]
     causes = list(dict.fromkeys(last + [e for e in errors if not any(e in x for x in last)]))
     return "; ".join(causes)[:600] or f"nbgrader exited with status {returncode} without an error message"
+
+
+def _exception_line(after: list[str]) -> str:
+    """The exception that ends a traceback. Python prints it unindented; nbgrader's log indents the whole
+    traceback, so there it is the block's least-indented line that is neither a frame nor source."""
+    block = []
+    for line in after:
+        if line and not line[0].isspace():
+            if not line.startswith(("[", "Traceback", "During handling", "The above exception")):
+                return line.strip()  # a plain traceback: its first unindented line is the exception
+            break  # a log record ("[AutogradeApp | ...") or a chained traceback ends the block
+        block.append(line)
+    body = [l for l in block if l.strip() and not l.strip().startswith(("File ", "^", "~", "Traceback",
+                                                                         "During handling", "The above exception"))]
+    if not body:
+        return ""
+    indent = min(len(l) - len(l.lstrip()) for l in body)
+    return [l for l in body if len(l) - len(l.lstrip()) == indent][-1].strip()
 
 
 def _tagged(log: str, tag: str) -> list[str]:

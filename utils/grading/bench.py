@@ -27,6 +27,7 @@ from nbgrader.utils import is_grade, is_solution
 from utils.grading.autograde import autograde
 from utils.grading.config import REPO, chapters
 from utils.grading.course import Course
+from utils.grading.sandbox import SandboxUnavailable, require_sandbox, sandbox_enabled
 
 
 def _clean(nb):
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "grading.json")
     opts = parser.parse_args(argv)
     wanted = opts.chapters or chapters()
+    if sandbox_enabled():
+        try:
+            require_sandbox()  # one line now, not 210 submissions that each fail for the same reason
+        except SandboxUnavailable as exc:
+            print(exc, file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="tfs-bench-") as tmp:
         course = Course.temporary(Path(tmp) / "course")
         t0 = time.monotonic()

@@ -126,6 +126,13 @@ def _table(scores: t.Tensor) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def _load_note(meta: dict) -> str:
+    load = meta.get("load_average")
+    if not load:
+        return "the machine's load was not recorded"
+    return f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end (2 cores: above 2, other jobs shared them)"
+
+
 def card_text(m: dict) -> str:
     meta, cfg = m["meta"], m["meta"].get("train_config", {})
     size = meta.get("size", {})
@@ -165,9 +172,10 @@ Every figure below was measured by `python -m utils.models.course_gpt_eval`, whi
 - `python -m utils.train_course_gpt` (seed {cfg.get('seed')}): {cfg.get('steps')} steps of {cfg.get('batch')} × {cfg.get('seq_len')}
   tokens ({tokens_seen / 1e6:.1f} M tokens, about {tokens_seen / max(1, meta.get('n_train_tokens', 1)):.1f} passes), AdamW
   (β = 0.9, 0.95; weight decay {cfg.get('weight_decay')} on matrices), learning rate {cfg.get('lr')} after {cfg.get('warmup')} warm-up
-  steps, cosine decay to {cfg.get('min_lr')}, gradient clipping at 1, bfloat16 autocast, one thread.
-- Training time: {meta.get('train_seconds', 0) / 60:.0f} min on a shared 2-core machine (other jobs were running;
-  a quiet machine is faster). torch {meta.get('torch')}.
+  steps, cosine decay to {cfg.get('min_lr')}, gradient clipping at 1, {'bfloat16 autocast' if cfg.get('bf16') else 'float32'},
+  {cfg.get('threads')} thread(s).
+- Training time: {meta.get('train_seconds', 0) / 60:.0f} min wall; {meta.get('timing_note') or _load_note(meta)}.
+  torch {meta.get('torch')}.
 
 ## Quality (held-out files)
 - held-out loss: **{m['held_out_loss']:.3f} nats** per token on {m['n_held_out_seqs']} sequences of {cfg.get('seq_len')} tokens
