@@ -65,6 +65,26 @@ class _InPlace(ref.LayerNorm):
         return x / (x.pow(2).mean(-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt() * self.w + self.b
 
 
+class _VarianceThroughHookScale(ref.LayerNorm):
+    def forward(self, x):
+        centred = x - x.mean(-1, keepdim=True)
+        var = self.hook_scale(centred.pow(2).mean(-1, keepdim=True))
+        return self.hook_normalized(centred / (var + self.cfg.layer_norm_eps).sqrt() * self.w + self.b)
+
+
+class _NormalizedBeforeAffine(ref.LayerNorm):
+    def forward(self, x):
+        centred = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt())
+        return self.hook_normalized(centred / scale) * self.w + self.b
+
+
+class _LayerNormWithoutHooks(ref.LayerNorm):
+    def forward(self, x):
+        centred = x - x.mean(-1, keepdim=True)
+        return centred / (centred.pow(2).mean(-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt() * self.w + self.b
+
+
 LAYER_NORM_MISTAKES = [
     Mistake("unbiased_variance", _UnbiasedVariance,
             "LayerNorm uses the biased variance (divide by d_model): use `var(unbiased=False)` or `.pow(2).mean()`."),
@@ -77,6 +97,13 @@ LAYER_NORM_MISTAKES = [
     Mistake("missing_eps", _NoEps, "add `self.cfg.layer_norm_eps` to the variance before the square root."),
     Mistake("bias_before_scale", _BiasBeforeScale, "scale first, then shift: `normalized * self.w + self.b`."),
     Mistake("in_place", _InPlace, "don't modify the input in place (`x -= mean`); write `x = x - mean`."),
+    Mistake("variance_through_hook_scale", _VarianceThroughHookScale,
+            "`hook_scale` holds the denominator itself, `(var + eps).sqrt()`: chapter 04 divides by it to undo the LayerNorm."),
+    Mistake("hook_normalized_before_w_and_b", _NormalizedBeforeAffine,
+            "wrap the whole output, `self.hook_normalized(normalized * self.w + self.b)`, as TransformerLens does."),
+    Mistake("hooks_not_called", _LayerNormWithoutHooks,
+            "pass the scale through `self.hook_scale(...)` and the output through `self.hook_normalized(...)`: "
+            "the hook points only record what goes through them."),
 ]
 
 
@@ -110,6 +137,17 @@ class _EmbedOneHotWrongOrder(ref.Embed):
         return einops.einsum(one_hot, self.W_E, "batch pos d_vocab, d_vocab d_model -> batch d_model pos")
 
 
+class _EmbedThroughData(ref.Embed):
+    def forward(self, tokens):
+        return self.W_E.data[tokens]
+
+
+class _EmbedUnderNoGrad(ref.Embed):
+    def forward(self, tokens):
+        with t.no_grad():
+            return self.W_E[tokens]
+
+
 EMBED_MISTAKES = [
     Mistake("scaled_by_sqrt_d_model", _EmbedScaled,
             "GPT-2 does not multiply embeddings by sqrt(d_model) (the 2017 Transformer did): return `self.W_E[tokens]`."),
@@ -123,6 +161,10 @@ EMBED_MISTAKES = [
     Mistake("one_hot_wrong_output_order", _EmbedOneHotWrongOrder,
             "the one-hot product is right but the output axes are out of order: write "
             "`-> batch pos d_model`, not `-> batch d_model pos`."),
+    Mistake("indexed_through_data", _EmbedThroughData,
+            "`self.W_E.data` is a copy outside autograd, so W_E would never train: index the parameter, `self.W_E[tokens]`."),
+    Mistake("computed_under_no_grad", _EmbedUnderNoGrad,
+            "leave gradients on in forward: under `t.no_grad()` the output is cut off from W_E and training cannot update it."),
 ]
 
 
@@ -333,6 +375,30 @@ class _KeysFromWQ(_AttentionVariant):
         return _heads(x, self.W_Q, self.b_Q), _heads(x, self.W_Q, self.b_K), _heads(x, self.W_V, self.b_V)
 
 
+class _HookedAttention(ref.Attention):
+    """The reference forward with its hooks, one of them fed the wrong tensor or skipped."""
+
+    def hooked_pattern(self, scores):
+        return self.hook_pattern(scores.softmax(dim=-1))
+
+    def forward(self, normalized_resid_pre):
+        x = normalized_resid_pre
+        q, k, v = (self.hook_q(_heads(x, self.W_Q, self.b_Q)), self.hook_k(_heads(x, self.W_K, self.b_K)),
+                   self.hook_v(_heads(x, self.W_V, self.b_V)))
+        scores = self.hook_attn_scores(self.apply_causal_mask(_scores(q, k) / math.sqrt(self.cfg.d_head)))
+        return _out(self.hook_z(_mix(self.hooked_pattern(scores), v)), self.W_O, self.b_O)
+
+
+class _PatternHookSkipped(_HookedAttention):
+    def hooked_pattern(self, scores):
+        return scores.softmax(dim=-1)
+
+
+class _ScoresThroughHookPattern(_HookedAttention):
+    def hooked_pattern(self, scores):
+        return self.hook_pattern(scores).softmax(dim=-1)
+
+
 ATTENTION_MISTAKES = [
     Mistake("no_scaling", _NoScale, "divide the attention scores by `math.sqrt(self.cfg.d_head)` before the mask and softmax."),
     Mistake("scaled_by_d_head", _ScaleByDHead, "scale by the square root of d_head, `math.sqrt(self.cfg.d_head)`, not by d_head."),
@@ -354,6 +420,10 @@ ATTENTION_MISTAKES = [
     Mistake("scores_transposed", _ScoresTransposed,
             "your scores are indexed [key, query]: write the einsum output as `batch n_heads query_pos key_pos`, queries first."),
     Mistake("keys_computed_with_W_Q", _KeysFromWQ, "keys use `self.W_K` (and `self.b_K`), not W_Q: check the copied line."),
+    Mistake("pattern_hook_not_called", _PatternHookSkipped,
+            "pass the pattern through `self.hook_pattern(...)`: chapter 04 reads every head's pattern from it."),
+    Mistake("scores_through_hook_pattern", _ScoresThroughHookPattern,
+            "`hook_pattern` holds the probabilities, after the softmax: `pattern = self.hook_pattern(scores.softmax(dim=-1))`."),
 ]
 
 
@@ -399,6 +469,13 @@ class _BInAfterGelu(_MLPVariant):
         return (self.act(normalized_resid_mid @ self.W_in) + self.b_in) @ self.W_out + self.b_out
 
 
+class _WeightsDetached(ref.MLP):
+    def forward(self, normalized_resid_mid):
+        pre = self.hook_pre(normalized_resid_mid @ self.W_in.detach() + self.b_in)
+        post = self.hook_post(F.gelu(pre, approximate="tanh"))
+        return post @ self.W_out.detach() + self.b_out
+
+
 MLP_MISTAKES = [
     Mistake("exact_gelu", _ExactGelu,
             "GPT-2 uses the tanh approximation of GELU: `F.gelu(pre, approximate=\"tanh\")` (the default is the exact erf form)."),
@@ -407,6 +484,8 @@ MLP_MISTAKES = [
     Mistake("input_bias_missing", _NoBIn, "add `self.b_in` to the pre-activations, before the GELU."),
     Mistake("output_bias_missing", _NoBOut, "add `self.b_out` to the output."),
     Mistake("input_bias_after_gelu", _BInAfterGelu, "add `self.b_in` BEFORE the GELU: `gelu(x @ W_in + b_in)`."),
+    Mistake("weights_detached", _WeightsDetached,
+            "`.detach()` cuts the weights out of the graph, so W_in and W_out would never train: use `self.W_in` itself."),
 ]
 
 
@@ -457,6 +536,14 @@ class _BlockInPlace(ref.TransformerBlock):
         return resid_pre
 
 
+class _AttnOutThroughResidMid(ref.TransformerBlock):
+    def forward(self, resid_pre):
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))
+        resid_mid = resid_pre + self.hook_resid_mid(attn_out)
+        return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
+
+
 TRANSFORMER_BLOCK_MISTAKES = [
     Mistake("post_layer_norm", _PostLN,
             "GPT-2 is pre-LN: normalise the INPUT of each sub-layer and add its output to the un-normalised stream, "
@@ -472,6 +559,8 @@ TRANSFORMER_BLOCK_MISTAKES = [
     Mistake("first_layer_norm_used_twice", _LN1Twice, "the MLP reads `self.ln2(resid_mid)`: each sub-layer has its own LayerNorm."),
     Mistake("in_place", _BlockInPlace,
             "`resid_pre += ...` overwrites the caller's tensor: write `resid_mid = resid_pre + ...` instead."),
+    Mistake("attention_output_through_hook_resid_mid", _AttnOutThroughResidMid,
+            "`hook_resid_mid` holds the stream after the attention update, `resid_pre + attn_out`: wrap the sum, not the update."),
 ]
 
 
@@ -516,3 +605,12 @@ UNEMBED_MISTAKES = [
     Mistake("last_position_only", _LastPositionOnly,
             "return logits for EVERY position, [batch pos d_vocab]: training predicts each next token, not only the last."),
 ]
+
+
+# Mistakes whose output values are right and which break only what the text states besides them (a hook, a
+# gradient): the value checks cannot name them, so the hook and gradient checks do.
+STATED_ONLY = frozenset({
+    "variance_through_hook_scale", "hook_normalized_before_w_and_b", "hooks_not_called", "indexed_through_data",
+    "computed_under_no_grad", "pattern_hook_not_called", "scores_through_hook_pattern", "weights_detached",
+    "attention_output_through_hook_resid_mid",
+})
