@@ -392,3 +392,84 @@ def test_an_error_equal_to_a_catalogued_mistakes_is_named():
     message = str(info.value)
     assert "Unembed.forward raised RuntimeError on 2 random sequences of length 5" in message
     assert f"This matches a known mistake, embedding matrix reused: {hint}" in message
+
+
+# ------------------------------------------------------------------------------- stated beyond the values
+
+
+class EmbedFirstRowForAll(ref.Embed):
+    """Right shape, but every sequence is embedded as the first one."""
+
+    def forward(self, tokens):
+        return self.W_E[tokens[:1]].expand(tokens.shape[0], -1, -1)
+
+
+def _mistake(exercise: str, name: str):
+    return next(m.impl for m in MISTAKES[exercise] if m.name == name)
+
+
+STATED = [  # (exercise, implementation, what the message must say)
+    ("layer_norm", _mistake("layer_norm", "hooks_not_called"), "LayerNorm.forward never passes a tensor through self.hook_scale"),
+    ("layer_norm", _mistake("layer_norm", "variance_through_hook_scale"),
+     "self.hook_scale carries the variance, without eps and the square root"),
+    ("layer_norm", _mistake("layer_norm", "hook_normalized_before_w_and_b"),
+     "self.hook_normalized carries the normalised vector before w and b"),
+    ("attention", _mistake("attention", "pattern_hook_not_called"), "never passes a tensor through self.hook_pattern"),
+    ("attention", _mistake("attention", "scores_through_hook_pattern"),
+     "self.hook_pattern carries what `hook_attn_scores` should carry"),
+    ("transformer_block", _mistake("transformer_block", "attention_output_through_hook_resid_mid"),
+     "self.hook_resid_mid carries what `hook_attn_out` should carry"),
+    ("embed", _mistake("embed", "indexed_through_data"), "the output carries no gradient on 3 random sequences of length 5 "
+     "(random weights) (your forward reads a parameter's `.data`)"),
+    ("embed", _mistake("embed", "computed_under_no_grad"), "(part of your forward runs with gradients off (`with t.no_grad()`))"),
+    ("mlp", _mistake("mlp", "weights_detached"), "parameter `W_in` gets no gradient from the output (and 1 more: `W_out`)"),
+    ("embed", EmbedFirstRowForAll, "Rows 1, 2 differ while row 0 matches"),
+]
+
+
+@pytest.mark.parametrize(("exercise", "impl", "message"), STATED, ids=[f"{e}-{i.__name__}" for e, i, _ in STATED])
+def test_stated_requirement_fails_with_a_specific_message(exercise, impl, message, capfd):
+    with pytest.raises(AssertionError) as info:
+        CHECKERS[exercise](impl)
+    assert message in str(info.value)
+    assert capfd.readouterr().err == ""
+
+
+class LayerNormHookIgnored(ref.LayerNorm):
+    def forward(self, residual):
+        centred = residual - residual.mean(dim=-1, keepdim=True)
+        scale = (centred.pow(2).mean(dim=-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt()
+        self.hook_scale(scale)  # recorded, but what it returns is dropped
+        return self.hook_normalized(centred / scale * self.w + self.b)
+
+
+class LayerNormScaleHookedTwice(ref.LayerNorm):
+    def forward(self, residual):
+        centred = residual - residual.mean(dim=-1, keepdim=True)
+        var = self.hook_scale(centred.pow(2).mean(dim=-1, keepdim=True))
+        scale = self.hook_scale((var + self.cfg.layer_norm_eps).sqrt())
+        return self.hook_normalized(centred / scale * self.w + self.b)
+
+
+def test_a_hook_whose_return_value_is_dropped_fails():
+    with pytest.raises(AssertionError, match=re.escape("replacing the value self.hook_scale returns does not change the output")):
+        CHECKERS["layer_norm"](LayerNormHookIgnored)
+
+
+def test_a_hook_that_runs_twice_fails():
+    with pytest.raises(AssertionError, match=re.escape("LayerNorm.forward passes 2 tensors through self.hook_scale in one call")):
+        CHECKERS["layer_norm"](LayerNormScaleHookedTwice)
+
+
+def test_a_hook_removed_from_init_is_named():
+    class LayerNormNoHookPoint(ref.LayerNorm):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            del self.hook_scale
+
+        def forward(self, residual):
+            centred = residual - residual.mean(dim=-1, keepdim=True)
+            return self.hook_normalized(centred / (centred.pow(2).mean(-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt() * self.w + self.b)
+
+    with pytest.raises(AssertionError, match=re.escape("LayerNorm: self.hook_scale is missing, expected a HookPoint")):
+        CHECKERS["layer_norm"](LayerNormNoHookPoint)

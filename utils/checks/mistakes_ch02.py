@@ -15,6 +15,11 @@ import torch as t
 import torch.nn.functional as F
 
 from utils.checks.core import Mistake
+from utils.checks.mistakes_ch02_stated import (  # noqa: F401  (STATED_ONLY is re-exported for the checkers)
+    STATED_ONLY, _AttnOutThroughResidMid, _EmbedThroughData, _EmbedUnderNoGrad, _heads, _LayerNormWithoutHooks, _mix,
+    _NormalizedBeforeAffine, _out, _PatternHookSkipped, _scores, _ScoresThroughHookPattern, _VarianceThroughHookScale,
+    _WeightsDetached,
+)
 from utils.reference import components as ref
 
 
@@ -63,26 +68,6 @@ class _InPlace(ref.LayerNorm):
     def forward(self, x):
         x -= x.mean(-1, keepdim=True)
         return x / (x.pow(2).mean(-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt() * self.w + self.b
-
-
-class _VarianceThroughHookScale(ref.LayerNorm):
-    def forward(self, x):
-        centred = x - x.mean(-1, keepdim=True)
-        var = self.hook_scale(centred.pow(2).mean(-1, keepdim=True))
-        return self.hook_normalized(centred / (var + self.cfg.layer_norm_eps).sqrt() * self.w + self.b)
-
-
-class _NormalizedBeforeAffine(ref.LayerNorm):
-    def forward(self, x):
-        centred = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt())
-        return self.hook_normalized(centred / scale) * self.w + self.b
-
-
-class _LayerNormWithoutHooks(ref.LayerNorm):
-    def forward(self, x):
-        centred = x - x.mean(-1, keepdim=True)
-        return centred / (centred.pow(2).mean(-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt() * self.w + self.b
 
 
 LAYER_NORM_MISTAKES = [
@@ -135,17 +120,6 @@ class _EmbedOneHotWrongOrder(ref.Embed):
     def forward(self, tokens):
         one_hot = F.one_hot(tokens, self.cfg.d_vocab).to(self.W_E.dtype)
         return einops.einsum(one_hot, self.W_E, "batch pos d_vocab, d_vocab d_model -> batch d_model pos")
-
-
-class _EmbedThroughData(ref.Embed):
-    def forward(self, tokens):
-        return self.W_E.data[tokens]
-
-
-class _EmbedUnderNoGrad(ref.Embed):
-    def forward(self, tokens):
-        with t.no_grad():
-            return self.W_E[tokens]
 
 
 EMBED_MISTAKES = [
@@ -276,22 +250,6 @@ CAUSAL_MASK_MISTAKES = [
 # ---------------------------------------------------------------------------------------------- Attention
 
 
-def _heads(x, weight, bias):
-    return einops.einsum(x, weight, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + bias
-
-
-def _scores(q, k):
-    return einops.einsum(q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos")
-
-
-def _mix(pattern, v):
-    return einops.einsum(pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head")
-
-
-def _out(z, W_O, b_O):
-    return einops.einsum(z, W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos d_model") + b_O
-
-
 class _AttentionVariant(ref.Attention):
     """The reference forward with hooks for one thing done wrong; each mistake overrides one step."""
 
@@ -375,30 +333,6 @@ class _KeysFromWQ(_AttentionVariant):
         return _heads(x, self.W_Q, self.b_Q), _heads(x, self.W_Q, self.b_K), _heads(x, self.W_V, self.b_V)
 
 
-class _HookedAttention(ref.Attention):
-    """The reference forward with its hooks, one of them fed the wrong tensor or skipped."""
-
-    def hooked_pattern(self, scores):
-        return self.hook_pattern(scores.softmax(dim=-1))
-
-    def forward(self, normalized_resid_pre):
-        x = normalized_resid_pre
-        q, k, v = (self.hook_q(_heads(x, self.W_Q, self.b_Q)), self.hook_k(_heads(x, self.W_K, self.b_K)),
-                   self.hook_v(_heads(x, self.W_V, self.b_V)))
-        scores = self.hook_attn_scores(self.apply_causal_mask(_scores(q, k) / math.sqrt(self.cfg.d_head)))
-        return _out(self.hook_z(_mix(self.hooked_pattern(scores), v)), self.W_O, self.b_O)
-
-
-class _PatternHookSkipped(_HookedAttention):
-    def hooked_pattern(self, scores):
-        return scores.softmax(dim=-1)
-
-
-class _ScoresThroughHookPattern(_HookedAttention):
-    def hooked_pattern(self, scores):
-        return self.hook_pattern(scores).softmax(dim=-1)
-
-
 ATTENTION_MISTAKES = [
     Mistake("no_scaling", _NoScale, "divide the attention scores by `math.sqrt(self.cfg.d_head)` before the mask and softmax."),
     Mistake("scaled_by_d_head", _ScaleByDHead, "scale by the square root of d_head, `math.sqrt(self.cfg.d_head)`, not by d_head."),
@@ -469,13 +403,6 @@ class _BInAfterGelu(_MLPVariant):
         return (self.act(normalized_resid_mid @ self.W_in) + self.b_in) @ self.W_out + self.b_out
 
 
-class _WeightsDetached(ref.MLP):
-    def forward(self, normalized_resid_mid):
-        pre = self.hook_pre(normalized_resid_mid @ self.W_in.detach() + self.b_in)
-        post = self.hook_post(F.gelu(pre, approximate="tanh"))
-        return post @ self.W_out.detach() + self.b_out
-
-
 MLP_MISTAKES = [
     Mistake("exact_gelu", _ExactGelu,
             "GPT-2 uses the tanh approximation of GELU: `F.gelu(pre, approximate=\"tanh\")` (the default is the exact erf form)."),
@@ -534,14 +461,6 @@ class _BlockInPlace(ref.TransformerBlock):
         resid_pre += self.attn(self.ln1(resid_pre))
         resid_pre += self.mlp(self.ln2(resid_pre))
         return resid_pre
-
-
-class _AttnOutThroughResidMid(ref.TransformerBlock):
-    def forward(self, resid_pre):
-        resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))
-        resid_mid = resid_pre + self.hook_resid_mid(attn_out)
-        return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
 
 
 TRANSFORMER_BLOCK_MISTAKES = [
@@ -606,11 +525,3 @@ UNEMBED_MISTAKES = [
             "return logits for EVERY position, [batch pos d_vocab]: training predicts each next token, not only the last."),
 ]
 
-
-# Mistakes whose output values are right and which break only what the text states besides them (a hook, a
-# gradient): the value checks cannot name them, so the hook and gradient checks do.
-STATED_ONLY = frozenset({
-    "variance_through_hook_scale", "hook_normalized_before_w_and_b", "hooks_not_called", "indexed_through_data",
-    "computed_under_no_grad", "pattern_hook_not_called", "scores_through_hook_pattern", "weights_detached",
-    "attention_output_through_hook_resid_mid",
-})
