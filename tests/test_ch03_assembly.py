@@ -67,7 +67,8 @@ def test_mistake_is_rejected_and_named(exercise, mistake, capfd):
     assert capfd.readouterr().err == ""
 
 
-@pytest.mark.parametrize("mistake", TRANSFORMER_MISTAKES, ids=lambda m: m.name)
+# forward_under_no_grad gives the right logits (it fails the gradient check): there is no divergence to name.
+@pytest.mark.parametrize("mistake", [m for m in TRANSFORMER_MISTAKES if m.name in DIVERGES_AT], ids=lambda m: m.name)
 def test_first_divergence_names_the_right_activation(mistake):
     where = DIVERGES_AT[mistake.name].format(last=model_config().n_layers - 1)
     expected = "the logits (the output of unembed)" if where == "logits" else f"`{where}`"
