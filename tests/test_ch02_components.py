@@ -34,22 +34,27 @@ def expected_message(exercise: str, mistake) -> str:
 # ------------------------------------------------------------------------------------------ alternatives
 
 
-class LayerNormFunctional(ref.LayerNorm):
+class LayerNormStd(ref.LayerNorm):
     def forward(self, residual):
-        return F.layer_norm(residual, (self.cfg.d_model,), self.w, self.b, self.cfg.layer_norm_eps)
+        centred = residual - residual.mean(dim=-1, keepdim=True)
+        scale = self.hook_scale(t.sqrt(centred.std(dim=-1, keepdim=True, correction=0) ** 2 + self.cfg.layer_norm_eps))
+        return self.hook_normalized(t.addcmul(self.b, centred / scale, self.w))
 
 
 class LayerNormVarMean(ref.LayerNorm):
     def forward(self, residual):
         var, mean = t.var_mean(residual, dim=-1, keepdim=True, correction=0)
-        return (residual - mean) * t.rsqrt(var + self.cfg.layer_norm_eps) * self.w + self.b
+        scale = self.hook_scale((var + self.cfg.layer_norm_eps).sqrt())
+        return self.hook_normalized((residual - mean) * scale.reciprocal() * self.w + self.b)
 
 
 class LayerNormEinops(ref.LayerNorm):
     def forward(self, residual):
         mean = einops.reduce(residual, "batch pos d_model -> batch pos 1", "mean")
         var = einops.reduce((residual - mean) ** 2, "batch pos d_model -> batch pos 1", "mean")
-        return (residual - mean) / t.sqrt(var + self.cfg.layer_norm_eps) * self.w + self.b
+        scale = self.hook_scale(t.sqrt(var + self.cfg.layer_norm_eps))
+        normalized = self.hook_normalized((residual - mean) / scale * self.w + self.b)
+        return normalized
 
 
 class EmbedFunctional(ref.Embed):
@@ -110,22 +115,28 @@ class AttentionMatmul(ref.Attention):
 
     def forward(self, normalized_resid_pre):
         x = normalized_resid_pre.unsqueeze(1)  # [batch 1 pos d_model] against [n_heads d_model d_head]
-        q = x @ self.W_Q + self.b_Q[:, None]
-        k = x @ self.W_K + self.b_K[:, None]
-        v = x @ self.W_V + self.b_V[:, None]  # [batch n_heads pos d_head]
-        scores = self.apply_causal_mask(q @ k.transpose(-1, -2) / math.sqrt(self.cfg.d_head))
-        z = scores.softmax(dim=-1) @ v
+        # The hooks hold [batch pos n_heads d_head]: transpose in, and back out for the matmuls.
+        q = self.hook_q((x @ self.W_Q + self.b_Q[:, None]).transpose(1, 2)).transpose(1, 2)
+        k = self.hook_k((x @ self.W_K + self.b_K[:, None]).transpose(1, 2)).transpose(1, 2)
+        v = self.hook_v((x @ self.W_V + self.b_V[:, None]).transpose(1, 2)).transpose(1, 2)  # [batch n_heads pos d_head]
+        scores = self.hook_attn_scores(self.apply_causal_mask(q @ k.transpose(-1, -2) / math.sqrt(self.cfg.d_head)))
+        z = self.hook_z((self.hook_pattern(scores.softmax(dim=-1)) @ v).transpose(1, 2)).transpose(1, 2)
         return (z @ self.W_O).sum(dim=1) + self.b_O
 
 
-class AttentionSDPA(ref.Attention):
-    """PyTorch's fused attention with its own causal mask."""
+class AttentionTorchEinsum(ref.Attention):
+    """torch.einsum with letters kept to the course's names' initials, and the mask built with where."""
 
     def forward(self, normalized_resid_pre):
-        x = normalized_resid_pre.unsqueeze(1)
-        q, k, v = (x @ W + b[:, None] for W, b in ((self.W_Q, self.b_Q), (self.W_K, self.b_K), (self.W_V, self.b_V)))
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return einops.einsum(z, self.W_O, "batch n_heads pos d_head, n_heads d_head d_model -> batch pos d_model") + self.b_O
+        x = normalized_resid_pre
+        q, k, v = (hook(t.einsum("bpd,hde->bphe", x, W) + b) for hook, W, b in
+                   ((self.hook_q, self.W_Q, self.b_Q), (self.hook_k, self.W_K, self.b_K), (self.hook_v, self.W_V, self.b_V)))
+        pos = x.shape[1]
+        scores = t.einsum("bqhe,bkhe->bhqk", q, k) * self.cfg.d_head**-0.5
+        scores = self.hook_attn_scores(t.where(t.ones(pos, pos, dtype=t.bool).tril(), scores, self.IGNORE))
+        pattern = self.hook_pattern(t.softmax(scores, dim=-1))
+        z = self.hook_z(t.einsum("bhqk,bkhe->bqhe", pattern, v))
+        return t.einsum("bqhe,hed->bqd", z, self.W_O) + self.b_O
 
 
 class AttentionFlatHeads(ref.Attention):
@@ -139,53 +150,65 @@ class AttentionFlatHeads(ref.Attention):
             out = normalized_resid_pre @ flat + b.flatten()
             return einops.rearrange(out, "batch pos (n_heads d_head) -> batch n_heads pos d_head", n_heads=n_heads)
 
-        q, k, v = project(self.W_Q, self.b_Q), project(self.W_K, self.b_K), project(self.W_V, self.b_V)
+        def hooked(hook, x):  # [batch n_heads pos d_head] through a hook that holds [batch pos n_heads d_head]
+            return hook(x.transpose(1, 2)).transpose(1, 2)
+
+        q, k, v = (hooked(hook, project(W, b)) for hook, W, b in
+                   ((self.hook_q, self.W_Q, self.b_Q), (self.hook_k, self.W_K, self.b_K), (self.hook_v, self.W_V, self.b_V)))
         pos = q.shape[2]
         scores = (q @ k.transpose(-1, -2)) / d_head**0.5
-        scores = scores.masked_fill(t.ones(pos, pos, dtype=t.bool).triu(1), -1e9)
+        scores = self.hook_attn_scores(scores.masked_fill(t.ones(pos, pos, dtype=t.bool).triu(1), -1e9))
         weights = (scores - scores.amax(-1, keepdim=True)).exp()
-        z = (weights / weights.sum(-1, keepdim=True)) @ v
+        z = hooked(self.hook_z, self.hook_pattern(weights / weights.sum(-1, keepdim=True)) @ v)
         z_flat = einops.rearrange(z, "batch n_heads pos d_head -> batch pos (n_heads d_head)")
         return z_flat @ einops.rearrange(self.W_O, "n_heads d_head d_model -> (n_heads d_head) d_model") + self.b_O
 
 
 class MLPLinear(ref.MLP):
     def forward(self, normalized_resid_mid):
-        pre = F.linear(normalized_resid_mid, self.W_in.T, self.b_in)
-        return F.linear(F.gelu(pre, approximate="tanh"), self.W_out.T, self.b_out)
+        pre = self.hook_pre(F.linear(normalized_resid_mid, self.W_in.T, self.b_in))
+        return F.linear(self.hook_post(F.gelu(pre, approximate="tanh")), self.W_out.T, self.b_out)
 
 
 class MLPTanhFormula(ref.MLP):
     def forward(self, normalized_resid_mid):
-        pre = normalized_resid_mid @ self.W_in + self.b_in
-        post = 0.5 * pre * (1 + t.tanh(math.sqrt(2 / math.pi) * (pre + 0.044715 * pre**3)))
+        pre = self.hook_pre(normalized_resid_mid @ self.W_in + self.b_in)
+        post = self.hook_post(0.5 * pre * (1 + t.tanh(math.sqrt(2 / math.pi) * (pre + 0.044715 * pre**3))))
         return post @ self.W_out + self.b_out
 
 
 class MLPNewGelu(ref.MLP):
     def forward(self, normalized_resid_mid):
-        pre = t.addmm(self.b_in, normalized_resid_mid.reshape(-1, self.cfg.d_model), self.W_in)
+        shape = (*normalized_resid_mid.shape[:-1], self.cfg.d_mlp)
+        pre = self.hook_pre(t.addmm(self.b_in, normalized_resid_mid.reshape(-1, self.cfg.d_model), self.W_in).reshape(shape))
         post = t.nn.GELU(approximate="tanh")(pre)
+        post = self.hook_post(post).reshape(-1, self.cfg.d_mlp)
         return t.addmm(self.b_out, post, self.W_out).reshape(normalized_resid_mid.shape)
 
 
 class BlockPlain(ref.TransformerBlock):
     def forward(self, resid_pre):
-        x = resid_pre + self.attn(self.ln1(resid_pre))
-        return x + self.mlp(self.ln2(x))
+        x = self.hook_resid_pre(resid_pre)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x))))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
 
 
 class BlockExpanded(ref.TransformerBlock):
     def forward(self, resid_pre):
-        attn_out = self.attn(self.ln1(resid_pre))
-        return resid_pre + attn_out + self.mlp(self.ln2(resid_pre + attn_out))
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(resid_mid + mlp_out)
 
 
 class BlockLoop(ref.TransformerBlock):
     def forward(self, resid_pre):
-        resid = resid_pre
-        for norm, layer in ((self.ln1, self.attn), (self.ln2, self.mlp)):
-            resid = resid + layer(norm(resid))
+        resid = self.hook_resid_pre(resid_pre)
+        steps = ((self.ln1, self.attn, self.hook_attn_out, self.hook_resid_mid),
+                 (self.ln2, self.mlp, self.hook_mlp_out, self.hook_resid_post))
+        for norm, layer, hook_out, hook_resid in steps:
+            resid = hook_resid(resid + hook_out(layer(norm(resid))))
         return resid
 
 
@@ -205,11 +228,11 @@ class UnembedTensordot(ref.Unembed):
 
 
 ALTERNATIVES = {
-    "layer_norm": [LayerNormFunctional, LayerNormVarMean, LayerNormEinops],
+    "layer_norm": [LayerNormStd, LayerNormVarMean, LayerNormEinops],
     "embed": [EmbedFunctional, EmbedOneHot, EmbedIndexSelect],
     "pos_embed": [PosEmbedExpand, PosEmbedRepeat, PosEmbedFunctional],
     "causal_mask": [MaskWhere, MaskLargeNegative, MaskAdded],
-    "attention": [AttentionMatmul, AttentionSDPA, AttentionFlatHeads],
+    "attention": [AttentionMatmul, AttentionTorchEinsum, AttentionFlatHeads],
     "mlp": [MLPLinear, MLPTanhFormula, MLPNewGelu],
     "transformer_block": [BlockPlain, BlockExpanded, BlockLoop],
     "unembed": [UnembedMatmul, UnembedLinear, UnembedTensordot],
@@ -369,3 +392,84 @@ def test_an_error_equal_to_a_catalogued_mistakes_is_named():
     message = str(info.value)
     assert "Unembed.forward raised RuntimeError on 2 random sequences of length 5" in message
     assert f"This matches a known mistake, embedding matrix reused: {hint}" in message
+
+
+# ------------------------------------------------------------------------------- stated beyond the values
+
+
+class EmbedFirstRowForAll(ref.Embed):
+    """Right shape, but every sequence is embedded as the first one."""
+
+    def forward(self, tokens):
+        return self.W_E[tokens[:1]].expand(tokens.shape[0], -1, -1)
+
+
+def _mistake(exercise: str, name: str):
+    return next(m.impl for m in MISTAKES[exercise] if m.name == name)
+
+
+STATED = [  # (exercise, implementation, what the message must say)
+    ("layer_norm", _mistake("layer_norm", "hooks_not_called"), "LayerNorm.forward never passes a tensor through self.hook_scale"),
+    ("layer_norm", _mistake("layer_norm", "variance_through_hook_scale"),
+     "self.hook_scale carries the variance, without eps and the square root"),
+    ("layer_norm", _mistake("layer_norm", "hook_normalized_before_w_and_b"),
+     "self.hook_normalized carries the normalised vector before w and b"),
+    ("attention", _mistake("attention", "pattern_hook_not_called"), "never passes a tensor through self.hook_pattern"),
+    ("attention", _mistake("attention", "scores_through_hook_pattern"),
+     "self.hook_pattern carries what `hook_attn_scores` should carry"),
+    ("transformer_block", _mistake("transformer_block", "attention_output_through_hook_resid_mid"),
+     "self.hook_resid_mid carries what `hook_attn_out` should carry"),
+    ("embed", _mistake("embed", "indexed_through_data"), "the output carries no gradient on 3 random sequences of length 5 "
+     "(random weights) (your forward reads a parameter's `.data`)"),
+    ("embed", _mistake("embed", "computed_under_no_grad"), "(part of your forward runs with gradients off (`with t.no_grad()`))"),
+    ("mlp", _mistake("mlp", "weights_detached"), "parameter `W_in` gets no gradient from the output (and 1 more: `W_out`)"),
+    ("embed", EmbedFirstRowForAll, "Rows 1, 2 differ while row 0 matches"),
+]
+
+
+@pytest.mark.parametrize(("exercise", "impl", "message"), STATED, ids=[f"{e}-{i.__name__}" for e, i, _ in STATED])
+def test_stated_requirement_fails_with_a_specific_message(exercise, impl, message, capfd):
+    with pytest.raises(AssertionError) as info:
+        CHECKERS[exercise](impl)
+    assert message in str(info.value)
+    assert capfd.readouterr().err == ""
+
+
+class LayerNormHookIgnored(ref.LayerNorm):
+    def forward(self, residual):
+        centred = residual - residual.mean(dim=-1, keepdim=True)
+        scale = (centred.pow(2).mean(dim=-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt()
+        self.hook_scale(scale)  # recorded, but what it returns is dropped
+        return self.hook_normalized(centred / scale * self.w + self.b)
+
+
+class LayerNormScaleHookedTwice(ref.LayerNorm):
+    def forward(self, residual):
+        centred = residual - residual.mean(dim=-1, keepdim=True)
+        var = self.hook_scale(centred.pow(2).mean(dim=-1, keepdim=True))
+        scale = self.hook_scale((var + self.cfg.layer_norm_eps).sqrt())
+        return self.hook_normalized(centred / scale * self.w + self.b)
+
+
+def test_a_hook_whose_return_value_is_dropped_fails():
+    with pytest.raises(AssertionError, match=re.escape("replacing the value self.hook_scale returns does not change the output")):
+        CHECKERS["layer_norm"](LayerNormHookIgnored)
+
+
+def test_a_hook_that_runs_twice_fails():
+    with pytest.raises(AssertionError, match=re.escape("LayerNorm.forward passes 2 tensors through self.hook_scale in one call")):
+        CHECKERS["layer_norm"](LayerNormScaleHookedTwice)
+
+
+def test_a_hook_removed_from_init_is_named():
+    class LayerNormNoHookPoint(ref.LayerNorm):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            del self.hook_scale
+
+        def forward(self, residual):
+            centred = residual - residual.mean(dim=-1, keepdim=True)
+            return self.hook_normalized(centred / (centred.pow(2).mean(-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt() * self.w + self.b)
+
+    with pytest.raises(AssertionError, match=re.escape("LayerNorm: self.hook_scale is missing, expected a HookPoint")):
+        CHECKERS["layer_norm"](LayerNormNoHookPoint)

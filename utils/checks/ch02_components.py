@@ -29,6 +29,7 @@ from utils.checks.core import (
     construct,
     describe,
     fail,
+    load_params,
     passed,
 )
 from utils.checks.mistakes_ch02 import (
@@ -39,9 +40,11 @@ from utils.checks.mistakes_ch02 import (
     MASK_IN_PLACE_HINT,
     MLP_MISTAKES,
     POS_EMBED_MISTAKES,
+    STATED_ONLY,
     TRANSFORMER_BLOCK_MISTAKES,
     UNEMBED_MISTAKES,
 )
+from utils.checks.requirements import Hook, check_gradients, check_hooks, rows_note
 from utils.reference import components as ref
 from utils.reference_model import (
     course_config,
@@ -118,6 +121,101 @@ def _gen(seed: int) -> t.Generator:
     return t.Generator().manual_seed(seed)
 
 
+# ------------------------------------------------------------------------------- stated beyond the values
+
+LAYER_NORM_HOOKS = [Hook("hook_scale", "the scale sqrt(var + eps), shape [batch pos 1]"),
+                    Hook("hook_normalized", "the output, after w and b")]
+ATTENTION_HOOKS = [Hook("hook_q", "the queries x W_Q + b_Q, [batch pos n_heads d_head]"),
+                   Hook("hook_k", "the keys x W_K + b_K, [batch pos n_heads d_head]"),
+                   Hook("hook_v", "the values x W_V + b_V, [batch pos n_heads d_head]"),
+                   Hook("hook_attn_scores", "the scaled scores after the causal mask, [batch n_heads query_pos key_pos]"),
+                   Hook("hook_pattern", "the pattern: softmax of the masked scores over key_pos"),
+                   Hook("hook_z", "the pattern-weighted values, [batch pos n_heads d_head]")]
+MLP_HOOKS = [Hook("hook_pre", "the pre-activations x W_in + b_in, [batch pos d_mlp]"),
+             Hook("hook_post", "the GELU of the pre-activations, [batch pos d_mlp]")]
+BLOCK_HOOKS = [Hook("hook_resid_pre", "the block's input resid_pre"),
+               Hook("hook_attn_out", "the attention output attn(ln1(resid_pre))"),
+               Hook("hook_resid_mid", "resid_mid = resid_pre + attn_out"),
+               Hook("hook_mlp_out", "the MLP output mlp(ln2(resid_mid))"),
+               Hook("hook_resid_post", "resid_post = resid_mid + mlp_out")]
+
+
+def _layer_norm_extras(cfg: ref.Config, x: Tensor):
+    def extras(want: dict[str, Tensor]) -> dict[str, Tensor]:
+        centred = x - x.mean(-1, keepdim=True)
+        var = centred.pow(2).mean(-1, keepdim=True)
+        return {"the variance, without eps and the square root": var,
+                "var + eps, without the square root": var + cfg.layer_norm_eps,
+                "the normalised vector before w and b": centred / want["hook_scale"]}
+    return extras
+
+
+def _attention_extras(cfg: ref.Config):
+    def extras(want: dict[str, Tensor]) -> dict[str, Tensor]:
+        q, k = want["hook_q"], want["hook_k"]
+        raw = einops.einsum(q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos")
+        scaled = raw / math.sqrt(cfg.d_head)
+        return {"the scores before the causal mask": scaled, "the scores before scaling by 1/sqrt(d_head)": raw,
+                "the softmax of the scores without the mask": scaled.softmax(-1)}
+    return extras
+
+
+def _block_extras(want: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {"resid_pre + mlp_out (the MLP output added to the block's input)": want["hook_resid_pre"] + want["hook_mlp_out"]}
+
+
+def _loaded_module(Cls: type, case: Case, what: str) -> nn.Module:
+    module = construct(Cls, case.cfg, what)
+    load_params(module, case.params, what)
+    return module.eval()
+
+
+def _stated(Cls: type, RefCls: type, case: Case, what: str, hooks, extras) -> None:
+    if hooks:
+        check_hooks(_loaded_module(Cls, case, what), _loaded_module(RefCls, case, what), case.inputs, what, hooks,
+                    case.label, extras)
+    check_gradients(_loaded_module(Cls, case, what), _loaded_module(RefCls, case, what), case.inputs, what, case.label)
+
+
+def _check_stated(Cls: type, RefCls: type, case: Case, what: str, hooks=(), extras=None, mistakes=()) -> None:
+    """What the exercise states beyond the output values, on `case`: its hooks, then gradients to every parameter.
+    A failure that a catalogued mistake fails with too, word for word, names that mistake."""
+    try:
+        _stated(Cls, RefCls, case, what, hooks, extras)
+    except AssertionError as exc:
+        for mistake in (m for m in mistakes if m.name in STATED_ONLY):  # the learner's values are right
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    _stated(mistake.impl, RefCls, case, what, hooks, extras)
+            except AssertionError as other:
+                if str(other) == str(exc):
+                    raise AssertionError(f"{exc} This matches a known mistake, {mistake.name.replace('_', ' ')}: "
+                                         f"{mistake.hint}") from exc.__cause__
+            except Exception:  # a mistake that cannot run here matches nothing
+                continue
+        raise
+
+
+def _check_values(Cls: type, **kwargs) -> int:
+    """`check_module`, plus which rows of a batch differ when only some do ("first row for all" bugs)."""
+    outputs: list = []
+
+    def call(module, *inputs):
+        out = module(*inputs)
+        if type(module) is Cls:
+            outputs.append(out)
+        return out
+
+    try:
+        return check_module(Cls, call=call, **kwargs)
+    except AssertionError as exc:
+        case = kwargs["cases"][len(outputs) - 1] if 0 < len(outputs) <= len(kwargs["cases"]) else None
+        note = rows_note(outputs[-1], case.expected) if case is not None and "of values differ" in str(exc) else ""
+        if not note:
+            raise
+        raise AssertionError(f"{exc}{note}") from exc.__cause__
+
+
 # --------------------------------------------------------------------------------------------- LayerNorm
 
 
@@ -139,9 +237,13 @@ def _layer_norm_cases(gpt2_case: bool = True) -> list[Case]:
 
 
 def _check_layer_norm(LayerNorm: type, gpt2_case: bool = True) -> int:
-    return check_module(LayerNorm, what="LayerNorm", names=["w", "b"], cases=_layer_norm_cases(gpt2_case),
-                        mistakes=LAYER_NORM_MISTAKES,
-                        hint="Normalise over the last dimension (d_model) only, with the biased variance and eps inside the square root.")
+    cases = _layer_norm_cases(gpt2_case)
+    n = _check_values(LayerNorm, what="LayerNorm", names=["w", "b"], cases=cases, mistakes=LAYER_NORM_MISTAKES,
+                      hint="Normalise over the last dimension (d_model) only, with the biased variance and eps inside the square root.")
+    batch = cases[-1]
+    _check_stated(LayerNorm, ref.LayerNorm, batch, "LayerNorm", LAYER_NORM_HOOKS,
+                  _layer_norm_extras(batch.cfg, batch.inputs[0]), LAYER_NORM_MISTAKES)
+    return n
 
 
 @checker("layer_norm", LAYER_NORM_MISTAKES, chapter=CHAPTER)
@@ -174,8 +276,11 @@ def _token_cases(Cls: type, prefix: str, low_ids: bool) -> list[Case]:
 
 def _check_embed(Embed: type) -> int:
     _require_class(Embed, "Embed", "embed")
-    return check_module(Embed, what="Embed", names=["W_E"], cases=_token_cases(ref.Embed, "embed", False),
-                        mistakes=EMBED_MISTAKES, hint="Each token id selects one row of W_E: `self.W_E[tokens]`.")
+    cases = _token_cases(ref.Embed, "embed", False)
+    n = _check_values(Embed, what="Embed", names=["W_E"], cases=cases,
+                      mistakes=EMBED_MISTAKES, hint="Each token id selects one row of W_E: `self.W_E[tokens]`.")
+    _check_stated(Embed, ref.Embed, cases[0], "Embed", mistakes=EMBED_MISTAKES)
+    return n
 
 
 @checker("embed", EMBED_MISTAKES, chapter=CHAPTER)
@@ -190,9 +295,11 @@ def embed(Embed: type) -> None:
 
 def _check_pos_embed(PosEmbed: type) -> int:
     _require_class(PosEmbed, "PosEmbed", "pos_embed")
-    return check_module(PosEmbed, what="PosEmbed", names=["W_pos"], cases=_token_cases(ref.PosEmbed, "pos_embed", True),
-                        mistakes=POS_EMBED_MISTAKES,
-                        hint="Position p gets row W_pos[p] whatever its token, repeated for every sequence in the batch.")
+    cases = _token_cases(ref.PosEmbed, "pos_embed", True)
+    n = _check_values(PosEmbed, what="PosEmbed", names=["W_pos"], cases=cases, mistakes=POS_EMBED_MISTAKES,
+                      hint="Position p gets row W_pos[p] whatever its token, repeated for every sequence in the batch.")
+    _check_stated(PosEmbed, ref.PosEmbed, cases[0], "PosEmbed", mistakes=POS_EMBED_MISTAKES)
+    return n
 
 
 @checker("pos_embed", POS_EMBED_MISTAKES, chapter=CHAPTER)
@@ -343,9 +450,12 @@ def _check_attention(Attention: type, gpt2_case: bool = True) -> int:
     _require_class(Attention, "Attention", "attention")
     _uses_passing(Attention, _check_causal_mask, "apply_causal_mask", "Attention.forward", "causal_mask")
     cases = _residual_cases(ref.Attention, "blocks.0.attn", "blocks.0.ln1.hook_out", seed=10, gpt2_case=gpt2_case)
-    return check_module(Attention, what="Attention", names=_names(ref.Attention), cases=cases, mistakes=ATTENTION_MISTAKES,
-                        hint="Compare each step with the equations: q, k, v with biases; scores / sqrt(d_head); mask; "
-                             "softmax over keys; weighted sum of v; W_O summed over heads; b_O.")
+    n = _check_values(Attention, what="Attention", names=_names(ref.Attention), cases=cases, mistakes=ATTENTION_MISTAKES,
+                      hint="Compare each step with the equations: q, k, v with biases; scores / sqrt(d_head); mask; "
+                           "softmax over keys; weighted sum of v; W_O summed over heads; b_O.")
+    _check_stated(Attention, ref.Attention, cases[0], "Attention", ATTENTION_HOOKS, _attention_extras(cases[0].cfg),
+                  ATTENTION_MISTAKES)
+    return n
 
 
 @checker("attention", ATTENTION_MISTAKES, chapter=CHAPTER)
@@ -381,8 +491,10 @@ def _mlp_cases(gpt2_case: bool = True) -> list[Case]:
 def _check_mlp(MLP: type, gpt2_case: bool = True) -> int:
     _require_class(MLP, "MLP", "mlp")
     cases = _mlp_cases(gpt2_case)
-    return check_module(MLP, what="MLP", names=_names(ref.MLP), cases=cases, mistakes=MLP_MISTAKES,
-                        hint="gelu_tanh(x @ W_in + b_in) @ W_out + b_out, with F.gelu(..., approximate=\"tanh\").")
+    n = _check_values(MLP, what="MLP", names=_names(ref.MLP), cases=cases, mistakes=MLP_MISTAKES,
+                      hint="gelu_tanh(x @ W_in + b_in) @ W_out + b_out, with F.gelu(..., approximate=\"tanh\").")
+    _check_stated(MLP, ref.MLP, cases[0], "MLP", MLP_HOOKS, mistakes=MLP_MISTAKES)
+    return n
 
 
 @checker("mlp", MLP_MISTAKES, chapter=CHAPTER)
@@ -411,9 +523,12 @@ def _check_transformer_block(TransformerBlock: type) -> int:
             checked.add(type(sub))
     last = course_config().n_layers - 1
     cases = _residual_cases(ref.TransformerBlock, f"blocks.{last}", f"blocks.{last}.hook_resid_pre", seed=30, scale=2.0)
-    return check_module(TransformerBlock, what="TransformerBlock", names=_names(ref.TransformerBlock), cases=cases,
-                        mistakes=TRANSFORMER_BLOCK_MISTAKES,
-                        hint="resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).")
+    n = _check_values(TransformerBlock, what="TransformerBlock", names=_names(ref.TransformerBlock), cases=cases,
+                      mistakes=TRANSFORMER_BLOCK_MISTAKES,
+                      hint="resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).")
+    _check_stated(TransformerBlock, ref.TransformerBlock, cases[0], "TransformerBlock", BLOCK_HOOKS, _block_extras,
+                  TRANSFORMER_BLOCK_MISTAKES)
+    return n
 
 
 @checker("transformer_block", TRANSFORMER_BLOCK_MISTAKES, chapter=CHAPTER)
@@ -432,8 +547,10 @@ def _check_unembed(Unembed: type) -> int:
     # of W_U (by the shape error a GPT-2-sized W_E.T raises there) and a missing b_U, which GPT-2's own tied,
     # zero-bias unembedding cannot; and a mistake is named there without building reference-size modules.
     cases = _residual_cases(ref.Unembed, "unembed", "ln_final.hook_out", seed=40)
-    return check_module(Unembed, what="Unembed", names=["W_U", "b_U"], cases=cases, mistakes=UNEMBED_MISTAKES,
-                        hint="logits = x @ W_U + b_U, for every position.")
+    n = _check_values(Unembed, what="Unembed", names=["W_U", "b_U"], cases=cases, mistakes=UNEMBED_MISTAKES,
+                      hint="logits = x @ W_U + b_U, for every position.")
+    _check_stated(Unembed, ref.Unembed, cases[0], "Unembed", mistakes=UNEMBED_MISTAKES)
+    return n
 
 
 @checker("unembed", UNEMBED_MISTAKES, chapter=CHAPTER)

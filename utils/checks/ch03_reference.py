@@ -18,7 +18,7 @@ import torch as t
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from utils.checks.core import Mistake, close, diff_report, quiet_warnings
+from utils.checks.core import Mistake, close, diff_report, fail, quiet_warnings
 from utils.reference import model as ref
 from utils.reference_model import config_fields, reference_cache, reference_gpt2, reference_info, shared_params
 
@@ -100,6 +100,34 @@ def token_cases() -> list[tuple[str, Tensor]]:
         ("a batch of 2 different sequences of length 9", t.randint(0, config_fields()["d_vocab"], (2, 9), generator=gen)),
         ("a single token", tokens[:, :1]),
     ]
+
+# ---------------------------------------------------------------------------------------------- structure
+
+# torch's own modules name their parameters weight/bias: GPT-2's weights (TransformerLens names) cannot load into them
+_COURSE_CLASS = {nn.LayerNorm: "your LayerNorm (parameters w, b; hooks hook_scale, hook_normalized)",
+                 nn.Linear: "the course's component, whose weights are W_*/b_* parameters",
+                 nn.Embedding: "your Embed or PosEmbed (parameter W_E or W_pos)"}
+
+
+def check_structure(model: nn.Module, params: dict[str, Tensor], cfg, what: str) -> None:
+    """Before the names: a torch built-in where a course component belongs, and a weight created transposed, each
+    named as such (both would otherwise read as a list of missing and unexpected names, or a bare shape error)."""
+    for name, module in model.named_modules():
+        for builtin, course in _COURSE_CLASS.items():
+            if type(module) is builtin:
+                own = ", ".join(n for n, _ in module.named_parameters()) or "none"
+                fail(f"{what}: `{name}` is torch's nn.{builtin.__name__} (parameters {own}), not {course}: GPT-2's "
+                     f"weights load by TransformerLens's names and run_with_cache needs the course's hooks, so build "
+                     f"`{name}` from the chapter-02 class.")
+    dims = {cfg.d_model: "d_model", cfg.d_vocab: "d_vocab", cfg.n_ctx: "n_ctx", cfg.d_mlp: "d_mlp"}
+    state = model.state_dict()
+    for name, value in params.items():
+        got = state.get(name)
+        if got is not None and got.dim() == 2 and got.shape != value.shape and tuple(got.shape) == tuple(value.shape)[::-1]:
+            fmt = lambda shape: f"{tuple(shape)} = [{' '.join(dims.get(n, str(n)) for n in shape)}]"
+            fail(f"{what}: `{name}` is transposed: yours has shape {fmt(got.shape)}, TransformerLens's (and GPT-2's "
+                 f"loaded weights) {fmt(value.shape)}. Create it with that shape in __init__ (and use it untransposed).")
+
 
 # ---------------------------------------------------------------------------------------- first divergence
 

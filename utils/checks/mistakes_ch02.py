@@ -15,6 +15,11 @@ import torch as t
 import torch.nn.functional as F
 
 from utils.checks.core import Mistake
+from utils.checks.mistakes_ch02_stated import (  # noqa: F401  (STATED_ONLY is re-exported for the checkers)
+    STATED_ONLY, _AttnOutThroughResidMid, _EmbedThroughData, _EmbedUnderNoGrad, _heads, _LayerNormWithoutHooks, _mix,
+    _NormalizedBeforeAffine, _out, _PatternHookSkipped, _scores, _ScoresThroughHookPattern, _VarianceThroughHookScale,
+    _WeightsDetached,
+)
 from utils.reference import components as ref
 
 
@@ -77,6 +82,13 @@ LAYER_NORM_MISTAKES = [
     Mistake("missing_eps", _NoEps, "add `self.cfg.layer_norm_eps` to the variance before the square root."),
     Mistake("bias_before_scale", _BiasBeforeScale, "scale first, then shift: `normalized * self.w + self.b`."),
     Mistake("in_place", _InPlace, "don't modify the input in place (`x -= mean`); write `x = x - mean`."),
+    Mistake("variance_through_hook_scale", _VarianceThroughHookScale,
+            "`hook_scale` holds the denominator itself, `(var + eps).sqrt()`: chapter 04 divides by it to undo the LayerNorm."),
+    Mistake("hook_normalized_before_w_and_b", _NormalizedBeforeAffine,
+            "wrap the whole output, `self.hook_normalized(normalized * self.w + self.b)`, as TransformerLens does."),
+    Mistake("hooks_not_called", _LayerNormWithoutHooks,
+            "pass the scale through `self.hook_scale(...)` and the output through `self.hook_normalized(...)`: "
+            "the hook points only record what goes through them."),
 ]
 
 
@@ -123,6 +135,10 @@ EMBED_MISTAKES = [
     Mistake("one_hot_wrong_output_order", _EmbedOneHotWrongOrder,
             "the one-hot product is right but the output axes are out of order: write "
             "`-> batch pos d_model`, not `-> batch d_model pos`."),
+    Mistake("indexed_through_data", _EmbedThroughData,
+            "`self.W_E.data` is a copy outside autograd, so W_E would never train: index the parameter, `self.W_E[tokens]`."),
+    Mistake("computed_under_no_grad", _EmbedUnderNoGrad,
+            "leave gradients on in forward: under `t.no_grad()` the output is cut off from W_E and training cannot update it."),
 ]
 
 
@@ -234,22 +250,6 @@ CAUSAL_MASK_MISTAKES = [
 # ---------------------------------------------------------------------------------------------- Attention
 
 
-def _heads(x, weight, bias):
-    return einops.einsum(x, weight, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + bias
-
-
-def _scores(q, k):
-    return einops.einsum(q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos")
-
-
-def _mix(pattern, v):
-    return einops.einsum(pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head")
-
-
-def _out(z, W_O, b_O):
-    return einops.einsum(z, W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos d_model") + b_O
-
-
 class _AttentionVariant(ref.Attention):
     """The reference forward with hooks for one thing done wrong; each mistake overrides one step."""
 
@@ -354,6 +354,10 @@ ATTENTION_MISTAKES = [
     Mistake("scores_transposed", _ScoresTransposed,
             "your scores are indexed [key, query]: write the einsum output as `batch n_heads query_pos key_pos`, queries first."),
     Mistake("keys_computed_with_W_Q", _KeysFromWQ, "keys use `self.W_K` (and `self.b_K`), not W_Q: check the copied line."),
+    Mistake("pattern_hook_not_called", _PatternHookSkipped,
+            "pass the pattern through `self.hook_pattern(...)`: chapter 04 reads every head's pattern from it."),
+    Mistake("scores_through_hook_pattern", _ScoresThroughHookPattern,
+            "`hook_pattern` holds the probabilities, after the softmax: `pattern = self.hook_pattern(scores.softmax(dim=-1))`."),
 ]
 
 
@@ -407,6 +411,8 @@ MLP_MISTAKES = [
     Mistake("input_bias_missing", _NoBIn, "add `self.b_in` to the pre-activations, before the GELU."),
     Mistake("output_bias_missing", _NoBOut, "add `self.b_out` to the output."),
     Mistake("input_bias_after_gelu", _BInAfterGelu, "add `self.b_in` BEFORE the GELU: `gelu(x @ W_in + b_in)`."),
+    Mistake("weights_detached", _WeightsDetached,
+            "`.detach()` cuts the weights out of the graph, so W_in and W_out would never train: use `self.W_in` itself."),
 ]
 
 
@@ -472,6 +478,8 @@ TRANSFORMER_BLOCK_MISTAKES = [
     Mistake("first_layer_norm_used_twice", _LN1Twice, "the MLP reads `self.ln2(resid_mid)`: each sub-layer has its own LayerNorm."),
     Mistake("in_place", _BlockInPlace,
             "`resid_pre += ...` overwrites the caller's tensor: write `resid_mid = resid_pre + ...` instead."),
+    Mistake("attention_output_through_hook_resid_mid", _AttnOutThroughResidMid,
+            "`hook_resid_mid` holds the stream after the attention update, `resid_pre + attn_out`: wrap the sum, not the update."),
 ]
 
 
@@ -516,3 +524,4 @@ UNEMBED_MISTAKES = [
     Mistake("last_position_only", _LastPositionOnly,
             "return logits for EVERY position, [batch pos d_vocab]: training predicts each next token, not only the last."),
 ]
+

@@ -114,6 +114,12 @@ class _UnembedWithoutBias(ref.EducationalTransformer):
         return self.ln_final(residual) @ self.unembed.W_U
 
 
+class _ForwardUnderNoGrad(ref.EducationalTransformer):
+    def forward(self, tokens):  # "the model only predicts here", so gradients are switched off
+        with t.no_grad():
+            return super().forward(tokens)
+
+
 TRANSFORMER_MISTAKES = [
     Mistake("no_positional_embedding", _NoPosEmbed,
             "the residual stream starts as token embedding PLUS positional embedding: "
@@ -142,6 +148,9 @@ TRANSFORMER_MISTAKES = [
     Mistake("unembedding_bias_dropped", _UnembedWithoutBias,
             "finish with `self.unembed(...)`, which adds `b_U`: real GPT-2's b_U is zero, so leaving it out only shows "
             "with other weights."),
+    Mistake("forward_under_no_grad", _ForwardUnderNoGrad,
+            "leave gradients on in forward (callers that only predict wrap the call in `t.no_grad()` themselves): "
+            "chapter 05 trains this model through its logits."),
 ]
 
 # The activation the first-divergence diagnostic must name for each mistake ("logits": every hook matches).
@@ -221,6 +230,19 @@ def _init_blocks_only(model: nn.Module) -> None:
             nn.init.normal_(p, std=model.cfg.init_range)
 
 
+def _init_new_parameters(model: nn.Module) -> None:
+    init_range = model.cfg.init_range
+    for name, p in list(model.named_parameters()):
+        owner, leaf = name.rsplit(".", 1)
+        if leaf == "w":
+            value = t.ones_like(p)
+        elif leaf == "b" or leaf.startswith("b_"):
+            value = t.zeros_like(p)
+        else:
+            value = t.randn_like(p) * init_range
+        setattr(model.get_submodule(owner), leaf, nn.Parameter(value))
+
+
 INIT_MISTAKES = [
     Mistake("std_of_one", _init_std_one,
             "`nn.init.normal_(param)` draws with std 1; pass `std=cfg.init_range` (0.02)."),
@@ -237,6 +259,9 @@ INIT_MISTAKES = [
             "a LayerNorm's gain `w` starts at ONE (zero would erase the stream); only its bias `b` starts at zero."),
     Mistake("embeddings_skipped", _init_blocks_only,
             "initialise every parameter of the model, not only those in `model.blocks`: loop over `model.named_parameters()`."),
+    Mistake("parameters_replaced", _init_new_parameters,
+            "`setattr(module, name, nn.Parameter(...))` builds new tensors that an optimiser created earlier never "
+            "sees: fill the existing ones with `nn.init.normal_(param, std=...)`, `zeros_` and `ones_`."),
 ]
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -276,6 +301,23 @@ def _load_ties_unembedding(model, params):
     return model
 
 
+def _load_returns_nothing(model, params):
+    buffers = dict(model.named_buffers())
+    missing, unexpected = set(model.state_dict()) - set(buffers) - set(params), set(params) - set(model.state_dict())
+    if missing or unexpected:
+        raise KeyError(f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    model.load_state_dict({**buffers, **params}, strict=True)  # ...and no `return model`
+
+
+def _load_names_first_only(model, params):
+    buffers = dict(model.named_buffers())
+    missing, unexpected = set(model.state_dict()) - set(buffers) - set(params), set(params) - set(model.state_dict())
+    for name in sorted(missing) + sorted(unexpected):
+        raise KeyError(f"weight name mismatch: {name}")
+    model.load_state_dict({**buffers, **params}, strict=True)
+    return model
+
+
 LOAD_MISTAKES = [
     Mistake("strict_false", _load_not_strict,
             "`strict=False` silently leaves a missing weight at its random value and drops a misspelt one: check the names yourself and load with strict=True."),
@@ -290,6 +332,10 @@ LOAD_MISTAKES = [
     Mistake("unembedding_tied_to_embedding", _load_ties_unembedding,
             "copy `unembed.W_U` and `unembed.b_U` from the weights you are given: real GPT-2 ties W_U to W_E.T and has "
             "b_U = 0, but other weights (and the course's models) do not."),
+    Mistake("model_not_returned", _load_returns_nothing,
+            "end with `return model`: the chapter writes `model = load_gpt2_weights(EducationalTransformer(cfg), params)`."),
+    Mistake("first_name_only", _load_names_first_only,
+            "collect the missing and the unexpected names first (two set differences), then raise one error that lists them all."),
 ]
 
 # -------------------------------------------------------------------------------------------------- loss
