@@ -56,7 +56,7 @@ def _is_integer(dtype: t.dtype) -> bool:
 
 
 def dtype_problem(actual: Tensor, expected: Tensor) -> str:
-    """'' when `actual`'s dtype is accepted for `expected`'s, else what was expected (the course's dtype policy)."""
+    """'' when `actual`'s dtype is accepted for `expected`'s, else 'expected …' (the course's dtype policy)."""
     got, want = actual.dtype, expected.dtype
     if got == want:
         return ""
@@ -64,17 +64,16 @@ def dtype_problem(actual: Tensor, expected: Tensor) -> str:
         if got in FLOATS_ACCEPTED and want in FLOATS_ACCEPTED:
             return ""
         if got.is_floating_point:
-            return (f"dtype {_name(got)}, expected floating-point values in {_name(want)} (float64 is accepted too): "
-                    "a half-precision dtype cannot meet the 1e-4 tolerance")
-        return (f"dtype {_name(got)}, expected floating-point values ({_name(want)}; float64 is accepted too): an "
-                f"{'integer' if _is_integer(got) else 'boolean'} tensor has lost the fractions; keep the computation in floats")
+            return (f"expected floating-point values in {_name(want)} (float64 is accepted too): half precision "
+                    "cannot meet the 1e-4 tolerance")
+        return (f"expected floating-point values ({_name(want)}; float64 is accepted too): an "
+                f"{'integer' if _is_integer(got) else 'boolean'} tensor has lost the fractions, so keep the computation in floats")
     if _is_integer(want):
         if got in IDS_ACCEPTED and want in IDS_ACCEPTED:
             return ""
-        kind = "floats" if got.is_floating_point else _name(got)
-        return (f"dtype {_name(got)}, expected integer ids ({_name(want)}; int32 is accepted too): ids are compared as "
-                f"integers, not as {kind}; take `.argmax(...)` or `.long()` of a value that is already an id")
-    return f"dtype {_name(got)}, expected {_name(want)}"
+        return (f"expected integer ids ({_name(want)}; int32 is accepted too), which are compared as integers: "
+                "return the ids themselves (`.argmax(...)`, `t.multinomial`), not a float or boolean tensor")
+    return f"expected {_name(want)}"
 
 
 # ----------------------------------------------------------------------------------------------------- values
@@ -141,7 +140,8 @@ def where_it_differs(bad: Tensor, dims: Dims) -> str:
     return f"; the differences are only at {', '.join(parts)}" if parts else ""
 
 
-def diff_report(actual: Tensor, expected: Tensor, atol: float = ATOL, rtol: float = RTOL, dims: Dims = None) -> str:
+def diff_report(actual: Tensor, expected: Tensor, atol: float = ATOL, rtol: float = RTOL, dims: Dims = None,
+                where: str = "") -> str:
     """'38% of values differ, max |diff| 2.1e-02 (allowed 5.4e-04) at (batch 0, pos 3, d_model 17): got 0.41210,
     expected 0.43377'. The allowed difference there tells a learner a gap is not float rounding."""
     a, e = actual.detach().double(), expected.detach().double()
@@ -153,10 +153,10 @@ def diff_report(actual: Tensor, expected: Tensor, atol: float = ATOL, rtol: floa
     pct_text = f"{pct:.0f}%" if pct >= 1 else f"{pct:.2f}%"
     if _integers(actual, expected):
         return (f"{pct_text} of values differ, first at {_position(_first(bad), dims)}: got "
-                f"{int(actual[_first(bad)])}, expected {int(expected[_first(bad)])}{where_it_differs(bad, dims)}")
+                f"{int(actual[_first(bad)])}, expected {int(expected[_first(bad)])}{where}{where_it_differs(bad, dims)}")
     allowed = atol + rtol * abs(e[idx].item()) if diff.numel() and t.isfinite(e[idx]) else float("nan")
     return (f"{pct_text} of values differ, max |diff| {diff.max().item():.1e} (allowed {allowed:.1e}) at "
-            f"{_position(idx, dims)}: got {_fmt(a[idx].item())}, expected {_fmt(e[idx].item())}{where_it_differs(bad, dims)}")
+            f"{_position(idx, dims)}: got {_fmt(a[idx].item())}, expected {_fmt(e[idx].item())}{where}{where_it_differs(bad, dims)}")
 
 
 def _first(bad: Tensor) -> tuple[int, ...]:
@@ -171,13 +171,15 @@ def matching_mistake(actual: Tensor, mistake_outputs: Sequence[tuple[Any, Any]],
     return None
 
 
-def _shape_report(actual: Tensor, expected: Tensor, dims: Dims) -> str:
+def _shape_report(actual: Tensor, expected: Tensor, dims: Dims, where: str = "") -> str:
     """'output shape (2, 3), expected (3,) [n_heads]', with the axes that differ when the ranks agree."""
     named = f" [{' '.join(dims)}]" if dims and len(dims) == expected.dim() else ""
-    text = f"output shape {tuple(actual.shape)}, expected {tuple(expected.shape)}{named}"
+    text = f"output shape {tuple(actual.shape)}{where}, expected {tuple(expected.shape)}{named}"
     if actual.dim() == expected.dim() and named:
         axes = [f"{d} is {a} instead of {e}" for d, a, e in zip(dims, actual.shape, expected.shape) if a != e]
         text += f" ({', '.join(axes)})"
+    elif actual.dim() == expected.dim() + 1 and tuple(actual.shape[1:]) == tuple(expected.shape):
+        text += f": it keeps an extra first dimension of size {actual.shape[0]}, one the exercise reduces (averages or sums) away"
     elif actual.dim() != expected.dim():
         text += f": {actual.dim()} dimensions instead of {expected.dim()}"
     return text
@@ -217,11 +219,11 @@ def assert_matches(
         return "".join(f" {part}" for part in (diagnosis, default) if part)
 
     if actual.shape != expected.shape:
-        fail(f"{name}: {_shape_report(actual, expected, dims)}{where}." + named(hint))
+        fail(f"{name}: {_shape_report(actual, expected, dims, where)}." + named(hint))
     if check_dtype:
         problem = dtype_problem(actual, expected)
         if problem:
-            fail(f"{name}: output {problem}{where}.")
+            fail(f"{name}: output dtype {_name(actual.dtype)}{where}, {problem}.")
         if expected.dtype.is_floating_point and actual.dtype != expected.dtype:
             actual = actual.to(expected.dtype)  # float64 accepted: compared at the reference's precision
     finite_expected = t.isfinite(expected) if expected.dtype.is_floating_point else t.ones_like(expected, dtype=t.bool)
@@ -231,4 +233,4 @@ def assert_matches(
         first = _position(tuple(int(i) for i in bad.nonzero()[0]), dims)
         fail(f"{name}: output has {int(bad.sum())} {kind} values{where} (first at {first}) where the reference is finite." + named(hint))
     if not close(actual, expected, atol, rtol):
-        fail(f"{name}: {diff_report(actual, expected, atol, rtol, dims)}{where}." + named(hint))
+        fail(f"{name}: {diff_report(actual, expected, atol, rtol, dims, where)}." + named(hint))
