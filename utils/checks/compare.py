@@ -67,7 +67,8 @@ def dtype_problem(actual: Tensor, expected: Tensor) -> str:
             return (f"expected floating-point values in {_name(want)} (float64 is accepted too): half precision "
                     "cannot meet the 1e-4 tolerance")
         return (f"expected floating-point values ({_name(want)}; float64 is accepted too): an "
-                f"{'integer' if _is_integer(got) else 'boolean'} tensor has lost the fractions, so keep the computation in floats")
+                f"{'integer' if _is_integer(got) else 'boolean'} tensor has lost the fractions, so keep the "
+                "computation in floats")
     if _is_integer(want):
         if got in IDS_ACCEPTED and want in IDS_ACCEPTED:
             return ""
@@ -156,7 +157,8 @@ def diff_report(actual: Tensor, expected: Tensor, atol: float = ATOL, rtol: floa
                 f"{int(actual[_first(bad)])}, expected {int(expected[_first(bad)])}{where}{where_it_differs(bad, dims)}")
     allowed = atol + rtol * abs(e[idx].item()) if diff.numel() and t.isfinite(e[idx]) else float("nan")
     return (f"{pct_text} of values differ, max |diff| {diff.max().item():.1e} (allowed {allowed:.1e}) at "
-            f"{_position(idx, dims)}: got {_fmt(a[idx].item())}, expected {_fmt(e[idx].item())}{where}{where_it_differs(bad, dims)}")
+            f"{_position(idx, dims)}: got {_fmt(a[idx].item())}, expected {_fmt(e[idx].item())}{where}"
+            f"{where_it_differs(bad, dims)}")
 
 
 def _first(bad: Tensor) -> tuple[int, ...]:
@@ -179,7 +181,8 @@ def _shape_report(actual: Tensor, expected: Tensor, dims: Dims, where: str = "")
         axes = [f"{d} is {a} instead of {e}" for d, a, e in zip(dims, actual.shape, expected.shape) if a != e]
         text += f" ({', '.join(axes)})"
     elif actual.dim() == expected.dim() + 1 and tuple(actual.shape[1:]) == tuple(expected.shape):
-        text += f": it keeps an extra first dimension of size {actual.shape[0]}, one the exercise reduces (averages or sums) away"
+        text += (f": it keeps an extra first dimension of size {actual.shape[0]}, one the exercise reduces "
+                 "(averages or sums) away")
     elif actual.dim() != expected.dim():
         text += f": {actual.dim()} dimensions instead of {expected.dim()}"
     return text
@@ -231,6 +234,7 @@ def assert_matches(
     if bad.any():
         kind = "NaN" if t.isnan(actual[bad]).any() else "inf"
         first = _position(tuple(int(i) for i in bad.nonzero()[0]), dims)
-        fail(f"{name}: output has {int(bad.sum())} {kind} values{where} (first at {first}) where the reference is finite." + named(hint))
+        fail(f"{name}: output has {int(bad.sum())} {kind} values{where} (first at {first}) where the reference is "
+             "finite." + named(hint))
     if not close(actual, expected, atol, rtol):
         fail(f"{name}: {diff_report(actual, expected, atol, rtol, dims, where)}." + named(hint))

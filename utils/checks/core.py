@@ -35,7 +35,6 @@ from utils.checks.compare import (  # noqa: F401 - re-exported: checkers import 
 from utils.checks.presentation import attach
 
 
-
 @dataclass(frozen=True)
 class Mistake:
     """A realistic wrong implementation, written the way a learner would write it, and the hint it earns."""
@@ -211,7 +210,8 @@ def learner_part(code: Any, name: str) -> Any:
     looked up where that code was defined (the notebook's globals); None when it is the course's reference."""
     classes = [k for k in code.__mro__ if (k.__module__ or "").split(".")[0] not in ("torch", "builtins")] \
         if isinstance(code, type) else []
-    functions = [code] if inspect.isfunction(code) else [f for k in classes for f in vars(k).values() if inspect.isfunction(f)]
+    functions = [code] if inspect.isfunction(code) else [
+        f for k in classes for f in vars(k).values() if inspect.isfunction(f)]
     for fn in functions:
         if _is_reference(fn) or name not in fn.__code__.co_names:
             continue
