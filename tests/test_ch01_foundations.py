@@ -245,3 +245,20 @@ def test_in_place_input_modification_is_reported():
 
     with pytest.raises(AssertionError, match="modified its input `x` in place"):
         CHECKERS["stable_softmax"](subtracts_in_place)
+
+
+def test_a_mistake_outside_the_catalogue_is_not_named_and_is_placed_by_head():
+    def heads_reversed(x, n_heads):
+        return x.view(x.shape[0], x.shape[1], n_heads, -1).flip(2)
+
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["split_heads"](heads_reversed)
+    message = str(info.value)
+    assert "known mistake" not in message
+    assert ", head 0, d_head " in message and "the differences are only at head 0, 2" in message  # head 1 stays put
+
+
+def test_float64_results_are_accepted_and_integer_ones_rejected():
+    CHECKERS["stable_softmax"](lambda x, dim=-1: ref.stable_softmax(x.double(), dim=dim))
+    with pytest.raises(AssertionError, match=r"output dtype int64 .*expected floating-point values \(float32"):
+        CHECKERS["stable_softmax"](lambda x, dim=-1: (100 * ref.stable_softmax(x, dim=dim)).long())

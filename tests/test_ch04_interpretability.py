@@ -310,6 +310,58 @@ def test_valid_alternative_passes(exercise, impl, capfd):
     assert capfd.readouterr().err == ""
 
 
+# ------------------------------------------------------------------------------------- dtypes and messages
+
+
+def _as_float64(out):
+    return {k: v.double() for k, v in out.items()} if isinstance(out, dict) else out.double()
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_float64_results_are_accepted_by_every_analysis_check(exercise, capfd):
+    CHECKERS[exercise](lambda *args: _as_float64(REFERENCE[exercise](*args)))
+    assert capfd.readouterr().out.splitlines()[-1].startswith("✓")
+
+
+@pytest.mark.parametrize("exercise", ["induction_score", "head_ablation"])
+def test_integer_results_fail_naming_the_float_dtype(exercise):
+    with pytest.raises(AssertionError, match=r"output dtype int64 .*expected floating-point values \(float32; float64 is "
+                                             r"accepted too\)"):
+        CHECKERS[exercise](lambda *args: (100 * REFERENCE[exercise](*args)).long())
+
+
+def test_an_off_by_one_offset_fails_first_on_the_induction_layer_and_says_which_diagonal():
+    """Layer 0's scores are all ≈ 0.02, where an off-by-one moves them by ~1e-3; layer 1 comes first."""
+    def offset_one_short(pattern, repeat_len):
+        return pattern.diagonal(offset=-(repeat_len - 2), dim1=-2, dim2=-1)[..., -repeat_len:].mean((0, -1))
+
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["induction_score"](offset_one_short)
+    message = str(info.value)
+    assert "layer-1 patterns" in message and "known mistake" not in message
+    assert "offset -8 (key = query - 8) instead of -(repeat_len - 1) = -9" in message
+    assert "queries" not in message.split("Your scores")[1].split(".")[0]  # the queries were right: not blamed
+
+
+def test_an_off_by_one_query_range_says_which_queries():
+    def skips_the_first_query(pattern, repeat_len):
+        return pattern.diagonal(offset=-(repeat_len - 1), dim1=-2, dim2=-1)[..., -(repeat_len - 1):].mean((0, -1))
+
+    with pytest.raises(AssertionError, match=r"average queries 12-20 instead of 11-20, the second copy") as info:
+        CHECKERS["induction_score"](skips_the_first_query)
+    assert "known mistake" not in str(info.value) and "offset" not in str(info.value).split("layer-1 patterns")[1]
+
+
+def test_a_wrong_head_detector_score_is_placed_by_head():
+    def previous_two_back(pattern):
+        out = ref.head_detector_scores(pattern)
+        return {**out, "previous": pattern.diagonal(-2, -2, -1).mean((0, -1))}
+
+    with pytest.raises(AssertionError, match=r"head_detector_scores\['previous'\]: .* at \(head \d\)") as info:
+        CHECKERS["head_detector"](previous_two_back)
+    assert "known mistake" not in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------- plotting
 
 

@@ -397,6 +397,38 @@ def test_attention_blames_a_wrong_rotary():
         CHECKERS["gqa"](Attention)
 
 
+def _rotary_in_place(x, start=0, theta=10000.0):
+    """Right values, but written back into its input: wrong by the in-place rule only."""
+    return x.copy_(ref.apply_rotary(x, start, theta))
+
+
+def _attention_calling(apply_rotary):
+    """The reference attention's forward, defined as in a notebook cell that also defines `apply_rotary`."""
+    import inspect
+    import textwrap
+
+    import utils.reference.modern as modern
+
+    namespace = {**vars(modern), "__name__": "__main__", "apply_rotary": apply_rotary}
+    exec(textwrap.dedent(inspect.getsource(ref.GroupedQueryAttention.forward)), namespace)
+    return type("LearnerAttention", (ref.GroupedQueryAttention,), {"forward": namespace["forward"], "__module__": "__main__"})
+
+
+def test_a_rotary_wrong_only_in_place_does_not_fail_the_attention(capfd):
+    with pytest.raises(AssertionError, match=r"apply_rotary modified its input `x` in place"):
+        CHECKERS["rotary"](_rotary_in_place)
+    CHECKERS["gqa"](_attention_calling(_rotary_in_place))
+    out = capfd.readouterr().out.strip()
+    assert out.startswith("✓ GroupedQueryAttention matches")
+    assert "note: your apply_rotary modifies its input in place, which checks.rotary reports" in out
+
+
+def test_a_rotary_wrong_in_values_still_blocks_the_attention():
+    with pytest.raises(AssertionError, match=r"GroupedQueryAttention uses your apply_rotary, which does not pass "
+                                             r"checks\.rotary yet: .*This matches a known mistake"):
+        CHECKERS["gqa"](_attention_calling(MISTAKES["rotary"][0].impl))
+
+
 def test_decoder_blames_a_failing_component():
     class Decoder(ref.LlamaStyleDecoder):
         def __init__(self, cfg):

@@ -53,3 +53,17 @@ def test_reference_passes_quietly_and_leaves_the_rng_alone(call, thunk, capfd):
     assert len(ticks) == 1, f"{call.exercise} must print exactly one ✓ line, printed: {out[-500:]}"
     thunk()
     assert capfd.readouterr().out.splitlines()[-1] == ticks[0], "checkers are deterministic"
+
+
+def test_a_check_requires_only_exercises_that_come_before_it_in_the_course():
+    """A dependent check runs its dependencies' checks first, so each must be registered and taught earlier."""
+    from utils.checks.core import REGISTRY
+
+    order = {c.exercise: i for i, c in enumerate(CALLS)}
+    dependents = {e: ex.requires for e, ex in REGISTRY.items() if ex.requires}
+    assert {"sdp_attention", "gqa", "decoder"} <= set(dependents)
+    for exercise, requires in dependents.items():
+        for needed in requires:
+            assert needed in REGISTRY, f"{exercise} requires an unknown exercise {needed!r}"
+            assert REGISTRY[needed].chapter == REGISTRY[exercise].chapter
+            assert order[needed] < order[exercise], f"{exercise} is taught before {needed}, which it requires"

@@ -1,8 +1,9 @@
 """Checkers for chapter 01: tokens and logits, einops, attention maths, positions, the residual stream.
 
 Every exercise is a function. `_check_function` runs it on copies of each case's inputs, then checks
-exceptions, shape, dtype, NaN/inf, in-place modification and values, naming the catalogued mistake whose
-output equals the learner's.
+exceptions, in-place modification, shape, dtype (float64 accepted for floats), NaN/inf and values, naming the
+catalogued mistake whose output equals the learner's, or else saying where the output differs by the
+dimension names of the exercise's output.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from utils.checks import mistakes_ch01 as M
-from utils.checks.core import Mistake, assert_matches, call_learner, checker, describe, fail, passed, snapshot
+from utils.checks.core import (Mistake, assert_matches, call_learner, checker, describe, fail, input_modified, learner_part,
+                               passed, snapshot, uses_passing)
 from utils.reference import foundations as ref
 
 CHAPTER = "01_foundations"
@@ -33,6 +35,7 @@ class FnCase:
     args: tuple
     expected: Any
     kwargs: dict = field(default_factory=dict)
+    dims: tuple[str, ...] | None = None  # the output's dimension names, for messages
 
 
 def _copies(args: Sequence[Any]) -> tuple:
@@ -48,13 +51,21 @@ def _quietly(fn: Callable, *args, **kwargs) -> Any:
         return None
 
 
-def _assert_not_modified(before: list, after: Sequence[Any], what: str, names: Sequence[str], mistakes: Sequence[Mistake]) -> None:
-    for old, new, name in zip(before, after, names):
+def _modifies_input(impl: Callable, args: Sequence[Any], kwargs: dict, index: int) -> bool:
+    copies = _copies(args)
+    _quietly(impl, *copies, **kwargs)
+    return isinstance(args[index], Tensor) and not t.equal(args[index], copies[index])
+
+
+def _assert_not_modified(before: list, after: Sequence[Any], what: str, names: Sequence[str], mistakes: Sequence[Mistake],
+                         case: FnCase | None = None) -> None:
+    for index, (old, new, name) in enumerate(zip(before, after, names)):
         if old is not None and not t.equal(old, new):
-            in_place = next((m for m in mistakes if m.name.startswith("in_place")), None)
-            extra = f" This matches a known mistake, in place: {in_place.hint}" if in_place else ""
-            fail(f"{what} modified its input `{name}` in place; callers still need it. Use out-of-place operations "
-                 f"(`x = x - m`, `masked_fill`), not `x -= m` or `masked_fill_`.{extra}")
+            same = next((m for m in mistakes if case is not None and _modifies_input(m.impl, case.args, case.kwargs, index)), None)
+            extra = f" This matches a known mistake, {same.name.replace('_', ' ')}: {same.hint}" if same else ""
+            input_modified(f"{what} modified its input `{name}` in place; callers still need it. Use out-of-place "
+                           f"operations (`x = x - m`, `masked_fill`), not `x -= m` or `masked_fill_`.{extra}")
+            return
 
 
 def _check_function(
@@ -67,6 +78,7 @@ def _check_function(
     normalize: Callable[[Any], Any] = lambda out: out,
     check_dtype: bool = True,
     hint: str = "",
+    dims: tuple[str, ...] | None = None,
 ) -> int:
     """Compare `fn` with each case's expected tensor; returns the number of cases."""
     if not callable(fn) or isinstance(fn, type):
@@ -75,13 +87,13 @@ def _check_function(
         args = _copies(case.args)
         before = snapshot(*args)
         out = call_learner(what, fn, *args, context=case.label, **case.kwargs)
-        _assert_not_modified(before, args, what, arg_names, mistakes)
+        _assert_not_modified(before, args, what, arg_names, mistakes, case)
 
         def mistake_outputs(case=case):
             return [(m, normalize(_quietly(m.impl, *_copies(case.args), **case.kwargs))) for m in mistakes]
 
         assert_matches(normalize(out), case.expected, what, context=case.label, mistakes=mistake_outputs,
-                       hint=hint, check_dtype=check_dtype)
+                       hint=hint, check_dtype=check_dtype, dims=case.dims or dims)
     return len(cases)
 
 
@@ -142,7 +154,7 @@ def token_log_probs(fn: Callable) -> None:
         FnCase("spread-out logits where the next tokens are very unlikely", (spread, unlikely), ref.token_log_probs(spread, unlikely)),
     ]
     n = _check_function(fn, what="token_log_probs", arg_names=["logits", "tokens"], cases=cases,
-                        mistakes=M.TOKEN_LOG_PROBS_MISTAKES,
+                        dims=("batch", "pos"), mistakes=M.TOKEN_LOG_PROBS_MISTAKES,
                         hint="Pair logits[:, :-1] with tokens[:, 1:] and use log_softmax over the vocabulary.")
     passed(f"token_log_probs matches the reference on {n} inputs")
 
@@ -158,7 +170,8 @@ def split_heads(fn: Callable) -> None:
     for label, shape, n_heads in [("x [2, 5, 12] with n_heads=3", (2, 5, 12), 3), ("x [1, 3, 24] with n_heads=4", (1, 3, 24), 4)]:
         x = t.randn(shape, generator=gen)
         cases.append(FnCase(label, (x, n_heads), ref.split_heads(x, n_heads)))
-    n = _check_function(fn, what="split_heads", arg_names=["x", "n_heads"], cases=cases, mistakes=M.SPLIT_HEADS_MISTAKES)
+    n = _check_function(fn, what="split_heads", arg_names=["x", "n_heads"], cases=cases,
+                        dims=("batch", "pos", "n_heads", "d_head"), mistakes=M.SPLIT_HEADS_MISTAKES)
     passed(f"split_heads matches the reference on {n} inputs")
 
 
@@ -170,7 +183,8 @@ def merge_heads(fn: Callable) -> None:
     for label, shape in [("z [2, 5, 3, 4]", (2, 5, 3, 4)), ("z [1, 3, 4, 6]", (1, 3, 4, 6))]:
         z = t.randn(shape, generator=gen)
         cases.append(FnCase(label, (z,), ref.merge_heads(z)))
-    n = _check_function(fn, what="merge_heads", arg_names=["z"], cases=cases, mistakes=M.MERGE_HEADS_MISTAKES)
+    n = _check_function(fn, what="merge_heads", arg_names=["z"], cases=cases,
+                        dims=("batch", "pos", "d_model"), mistakes=M.MERGE_HEADS_MISTAKES)
     passed(f"merge_heads matches the reference on {n} inputs")
 
 
@@ -183,7 +197,8 @@ def project_heads(fn: Callable) -> None:
                                                           ("x [1, 3, 8], W [2, 8, 6]", (1, 3, 8, 2, 6))]:
         x, W = t.randn(batch, pos, d_model, generator=gen), t.randn(n_heads, d_model, d_head, generator=gen)
         cases.append(FnCase(label, (x, W), ref.project_heads(x, W)))
-    n = _check_function(fn, what="project_heads", arg_names=["x", "W"], cases=cases, mistakes=M.PROJECT_HEADS_MISTAKES)
+    n = _check_function(fn, what="project_heads", arg_names=["x", "W"], cases=cases,
+                        dims=("batch", "pos", "n_heads", "d_head"), mistakes=M.PROJECT_HEADS_MISTAKES)
     passed(f"project_heads matches the reference on {n} inputs")
 
 
@@ -196,7 +211,8 @@ def combine_heads(fn: Callable) -> None:
                                                           ("z [1, 3, 2, 6], W_O [2, 6, 12]", (1, 3, 2, 6, 12))]:
         z, W_O = t.randn(batch, pos, n_heads, d_head, generator=gen), t.randn(n_heads, d_head, d_model, generator=gen)
         cases.append(FnCase(label, (z, W_O), ref.combine_heads(z, W_O)))
-    n = _check_function(fn, what="combine_heads", arg_names=["z", "W_O"], cases=cases, mistakes=M.COMBINE_HEADS_MISTAKES)
+    n = _check_function(fn, what="combine_heads", arg_names=["z", "W_O"], cases=cases,
+                        dims=("batch", "pos", "d_model"), mistakes=M.COMBINE_HEADS_MISTAKES)
     passed(f"combine_heads matches the reference on {n} inputs")
 
 
@@ -209,7 +225,7 @@ def pairwise_sq_distances(fn: Callable) -> None:
         x = t.randn(shape, generator=gen)
         cases.append(FnCase(label, (x,), ref.pairwise_sq_distances(x)))
     n = _check_function(fn, what="pairwise_sq_distances", arg_names=["x"], cases=cases,
-                        mistakes=M.PAIRWISE_SQ_DISTANCES_MISTAKES)
+                        dims=("query_pos", "key_pos"), mistakes=M.PAIRWISE_SQ_DISTANCES_MISTAKES)
     passed(f"pairwise_sq_distances matches the reference on {n} inputs")
 
 
@@ -247,7 +263,7 @@ def attention_scores(fn: Callable) -> None:
         k = t.randn(batch, n_key, n_heads, d_head, generator=gen)
         cases.append(FnCase(label, (q, k), ref.attention_scores(q, k)))
     n = _check_function(fn, what="attention_scores", arg_names=["q", "k"], cases=cases,
-                        mistakes=M.ATTENTION_SCORES_MISTAKES)
+                        dims=("batch", "n_heads", "query_pos", "key_pos"), mistakes=M.ATTENTION_SCORES_MISTAKES)
     passed(f"attention_scores matches the reference on {n} inputs")
 
 
@@ -266,14 +282,22 @@ def mask_future(fn: Callable) -> None:
     for label, shape in [("scores [2, 3, 5, 5]", (2, 3, 5, 5)), ("scores [1, 2, 4, 4]", (1, 2, 4, 4))]:
         scores = t.randn(shape, generator=gen)
         cases.append(FnCase(label, (scores,), ref.mask_future(scores)))
-    n = _check_function(fn, what="mask_future", arg_names=["attn_scores"], cases=cases, mistakes=M.MASK_FUTURE_MISTAKES,
+    n = _check_function(fn, what="mask_future", arg_names=["attn_scores"], cases=cases,
+                        dims=("batch", "n_heads", "query_pos", "key_pos"), mistakes=M.MASK_FUTURE_MISTAKES,
                         normalize=_masked_as_minus_inf)
     passed(f"mask_future masks exactly the future keys on {n} inputs")
 
 
-@checker("sdp_attention", M.SDP_ATTENTION_MISTAKES, chapter=CHAPTER)
+@checker("sdp_attention", M.SDP_ATTENTION_MISTAKES, chapter=CHAPTER, requires=("mask_future", "stable_softmax"))
 def sdp_attention(fn: Callable) -> None:
-    """Equal to torch.nn.functional.scaled_dot_product_attention, with and without the causal mask."""
+    """Equal to torch.nn.functional.scaled_dot_product_attention, with and without the causal mask. Your own
+    mask_future and stable_softmax, when sdp_attention calls them, must pass their checks first."""
+    if not callable(fn) or isinstance(fn, type):
+        fail(f"Pass your function itself, e.g. checks.sdp_attention(sdp_attention); got {describe(fn)}.")
+    for part, check in (("mask_future", mask_future), ("stable_softmax", stable_softmax)):
+        used = learner_part(fn, part)
+        if used is not None:
+            uses_passing(used, check, part, "sdp_attention", part)
     gen = _gen(34)
     cases = []
     for label, shape, causal in [("q, k, v [2, 3, 5, 8], causal=True", (2, 3, 5, 8), True),
@@ -282,7 +306,7 @@ def sdp_attention(fn: Callable) -> None:
         q, k, v = (t.randn(shape, generator=gen) for _ in range(3))
         cases.append(FnCase(label, (q, k, v), F.scaled_dot_product_attention(q, k, v, is_causal=causal), {"causal": causal}))
     n = _check_function(fn, what="sdp_attention", arg_names=["q", "k", "v"], cases=cases,
-                        mistakes=M.SDP_ATTENTION_MISTAKES)
+                        dims=("batch", "n_heads", "query_pos", "d_head"), mistakes=M.SDP_ATTENTION_MISTAKES)
     passed(f"sdp_attention matches torch's scaled_dot_product_attention on {n} inputs")
 
 
@@ -336,7 +360,7 @@ def sinusoidal_positions(fn: Callable) -> None:
     cases = [FnCase(f"n_ctx={n_ctx}, d_model={d_model}", (n_ctx, d_model), ref.sinusoidal_positions(n_ctx, d_model))
              for n_ctx, d_model in [(50, 16), (7, 6), (128, 64)]]
     n = _check_function(fn, what="sinusoidal_positions", arg_names=["n_ctx", "d_model"], cases=cases,
-                        mistakes=M.SINUSOIDAL_POSITIONS_MISTAKES)
+                        dims=("pos", "d_model"), mistakes=M.SINUSOIDAL_POSITIONS_MISTAKES)
     passed(f"sinusoidal_positions matches the original Transformer's encodings for {n} sizes")
 
 
@@ -386,6 +410,7 @@ def residual_components(fn: Callable) -> None:
             return [(m, _quietly(m.impl, _cache_copy(cache), layer)) for m in M.RESIDUAL_COMPONENTS_MISTAKES]
 
         assert_matches(out, expected, "residual_components", context=label, mistakes=mistake_outputs,
+                       dims=("component", "batch", "pos", "d_model"),
                        hint="Stack [embed, pos_embed, attn_out 0, mlp_out 0, ...] for the blocks before `layer`.")
         stream = cache[f"blocks.{layer}.hook_resid_pre"] if layer < n_layers else cache[f"blocks.{n_layers - 1}.hook_resid_post"]
         assert_matches(out.sum(0), stream, "residual_components (summed)", context=label,
@@ -409,6 +434,6 @@ def accumulated_resid(fn: Callable) -> None:
         FnCase("random components of a 3-layer model, [8, 2, 4, 8]", (random_parts,), ref.accumulated_resid(random_parts)),
     ]
     n = _check_function(fn, what="accumulated_resid", arg_names=["components"], cases=cases,
-                        mistakes=M.ACCUMULATED_RESID_MISTAKES,
+                        dims=("layer", "batch", "pos", "d_model"), mistakes=M.ACCUMULATED_RESID_MISTAKES,
                         hint="Entry L is the sum of the first 2 + 2L components: `components.cumsum(0)[1::2]`.")
     passed(f"accumulated_resid rebuilds the cached stream at every layer and matches the reference on {n} inputs")

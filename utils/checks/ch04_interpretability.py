@@ -13,8 +13,8 @@ import torch as t
 from torch import Tensor, nn
 from transformer_lens import ActivationCache
 
-from utils.checks.core import (Mistake, checker, assert_matches, assert_unchanged, call_learner, describe, fail, passed,
-                               snapshot)
+from utils.checks.core import (Mistake, checker, assert_matches, assert_unchanged, call_learner, close, describe, fail,
+                               passed, snapshot)
 from utils.checks.mistakes_ch04 import (ABLATION_MISTAKES, DECOMPOSE_MISTAKES, DLA_MISTAKES, HEAD_DETECTOR_MISTAKES,
                                         INDUCTION_MISTAKES)
 from utils.induction import load_induction_model, repeated_tokens
@@ -90,7 +90,7 @@ def _run_mistakes(mistakes: Sequence[Mistake], *args) -> list[tuple[Mistake, obj
 
 
 def _check_dict(out, expected: dict[str, Tensor], what: str, context: str,
-                mistake_outputs: Callable[[], list[tuple[Mistake, object]]]) -> None:
+                mistake_outputs: Callable[[], list[tuple[Mistake, object]]], dims: Sequence[str] | None = None) -> None:
     """Keys first (exactly, with a list of the missing and unexpected ones), then every value in turn."""
     if not isinstance(out, dict):
         fail(f"{what}: returned {describe(out)} on {context}, expected a dict with keys {list(expected)}.")
@@ -107,7 +107,7 @@ def _check_dict(out, expected: dict[str, Tensor], what: str, context: str,
 
     for key, value in expected.items():
         assert_matches(out[key], value, f"{what}[{key!r}]", context=context,
-                       mistakes=lambda key=key: outputs_for(key))
+                       mistakes=lambda key=key: outputs_for(key), dims=dims)
 
 
 # ----------------------------------------------------------------------------------------------- checkers
@@ -131,7 +131,7 @@ def head_detector(head_detector_scores: Callable) -> None:
         assert_unchanged(before, [given], "head_detector_scores", ["pattern"])
         expected = ref.head_detector_scores(pattern)
         _check_dict(out, expected, "head_detector_scores", context,
-                    lambda pattern=pattern: _run_mistakes(HEAD_DETECTOR_MISTAKES, pattern.clone()))
+                    lambda pattern=pattern: _run_mistakes(HEAD_DETECTOR_MISTAKES, pattern.clone()), dims=("n_heads",))
     passed(f"head_detector_scores matches the reference on {len(cases)} sets of patterns")
 
 
@@ -156,7 +156,8 @@ def decompose_resid(decompose_resid: Callable) -> None:
         assert_unchanged(before, list(given.values()), "decompose_resid", list(given.keys()))
         expected = ref.decompose_resid(model, cache)
         _check_dict(out, expected, "decompose_resid", context,
-                    lambda model=model, cache=cache: _run_mistakes(DECOMPOSE_MISTAKES, model, _copy_cache(cache)))
+                    lambda model=model, cache=cache: _run_mistakes(DECOMPOSE_MISTAKES, model, _copy_cache(cache)),
+                    dims=("batch", "pos", "d_model"))
     passed(f"decompose_resid splits the residual stream exactly, with and without MLPs ({len(runs)} models)")
 
 
@@ -177,18 +178,49 @@ def direct_logit_attribution(direct_logit_attribution: Callable) -> None:
                          [*components, "tokens"])
         expected = ref.direct_logit_attribution(model, components, cache, tokens)
         _check_dict(out, expected, "direct_logit_attribution", context,
-                    lambda: _run_mistakes(DLA_MISTAKES, model, dict(components), _copy_cache(cache), tokens))
+                    lambda: _run_mistakes(DLA_MISTAKES, model, dict(components), _copy_cache(cache), tokens),
+                    dims=("batch", "pos"))
         count += 1
     passed(f"direct_logit_attribution matches the reference ({reference_info().kind}) on {count} inputs")
 
 
+def _explain_induction(pattern: Tensor, repeat_len: int) -> Callable[[Tensor], str]:
+    """Which stripe and which queries the learner's scores average, when they average one near the right one."""
+    right_offset, first, last = -(repeat_len - 1), repeat_len + 1, 2 * repeat_len
+
+    def explain(out: Tensor) -> str:
+        for offset in range(right_offset - 2, right_offset + 3):
+            stripe = pattern.diagonal(offset=offset, dim1=-2, dim2=-1)  # entry i is query i - offset
+            n = stripe.shape[-1]
+            for start in range(n):
+                for stop in range(start + 1, n + 1):
+                    if not close(out, stripe[..., start:stop].mean((0, -1))):
+                        continue
+                    q0, q1 = start - offset, stop - 1 - offset
+                    wrong = []
+                    if offset != right_offset:
+                        wrong.append(f"your scores read the diagonal at offset {offset} (key = query - {-offset}) "
+                                     f"instead of -(repeat_len - 1) = {right_offset}, the token after the earlier "
+                                     "occurrence")
+                    if (q0, q1) != (first, last):
+                        wrong.append(f"they average queries {q0}-{q1} instead of {first}-{last}, the second copy "
+                                     "(position 0 is BOS)")
+                    return "; ".join(wrong).capitalize() + "." if wrong else ""
+        return ""
+
+    return explain
+
+
 @checker("induction_score", INDUCTION_MISTAKES, chapter=CHAPTER)
 def induction_score(induction_score: Callable) -> None:
-    """Induction scores on the induction model's patterns (two repeat lengths) and on random patterns."""
+    """Induction scores on the induction model's patterns (two repeat lengths) and on random patterns.
+
+    Layer 1, with its sharp induction stripe, comes first: an off-by-one there moves a score by ~0.5, where on
+    layer 0 (every score ≈ 0.02) it moves it by ~1e-3, which reads like rounding."""
     cases = []
-    for batch, repeat_len in ((3, 10), (2, 7)):
-        _, _, cache = _induction_run(batch, repeat_len, 13)
-        for layer in (0, 1):
+    for layer in (1, 0):
+        for batch, repeat_len in ((3, 10), (2, 7)):
+            _, _, cache = _induction_run(batch, repeat_len, 13)
             cases.append((f"the induction model's layer-{layer} patterns (batch {batch}, repeat_len {repeat_len})",
                           cache[f"blocks.{layer}.attn.hook_pattern"], repeat_len))
     cases.append(("random causal patterns (batch 2, 3 heads, repeat_len 5)", _random_pattern(2, 3, 11, seed=4), 5))
@@ -199,7 +231,10 @@ def induction_score(induction_score: Callable) -> None:
         assert_unchanged(before, [given], "induction_score", ["pattern"])
         assert_matches(out, ref.induction_score(pattern, repeat_len), "induction_score", context=context,
                        mistakes=lambda pattern=pattern, repeat_len=repeat_len: _run_mistakes(
-                           INDUCTION_MISTAKES, pattern.clone(), repeat_len))
+                           INDUCTION_MISTAKES, pattern.clone(), repeat_len),
+                       dims=("n_heads",), explain=_explain_induction(pattern, repeat_len),
+                       hint="The score of a head is the mean, over the batch and the second copy's queries, of "
+                            "pattern[..., q, q - (repeat_len - 1)].")
     passed(f"induction_score matches the reference on {len(cases)} sets of patterns")
 
 
@@ -227,7 +262,7 @@ def _head_ablation(head_ablation_effect: Callable) -> int:
             out = out.detach()
         with t.no_grad():
             expected = ref.head_ablation_effect(model, tokens, repeat_len)
-        assert_matches(out, expected, "head_ablation_effect", context=context,
+        assert_matches(out, expected, "head_ablation_effect", context=context, dims=("n_layers", "n_heads"),
                        mistakes=lambda tokens=tokens, repeat_len=repeat_len: _run_mistakes(
                            ABLATION_MISTAKES, copy.deepcopy(model), tokens, repeat_len))
     return len(cases)

@@ -18,14 +18,15 @@ import torch as t
 from torch import Tensor, nn
 
 from utils.checks.core import (
-    Case, NotImplementedYet, assert_matches, assert_unchanged, call_learner, check_module, checker, describe, fail,
-    passed,
+    Case, assert_matches, assert_unchanged, call_learner, check_module, checker, describe, fail, learner_part, passed,
+    uses_passing,
 )
 from utils.checks.mistakes_ch07 import GQA_MISTAKES, RMS_NORM_MISTAKES, ROTARY_MISTAKES, SWIGLU_MISTAKES
 from utils.llama_reference import SIZES, llama_config, randomize_, reference_llama
 from utils.reference import modern as ref
 
 CHAPTER = "07_modern_decoder"
+RESID_DIMS = ("batch", "pos", "d_model")
 
 
 def _gen(seed: int) -> t.Generator:
@@ -66,15 +67,10 @@ def _quietly(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def _uses_passing(fn, check, what: str, parent: str, exercise: str) -> None:
-    """Run another exercise's check quietly on a part the learner's code uses, so a failure is reported there."""
-    try:
-        _quietly(check, fn)
-    except NotImplementedYet as exc:
-        raise NotImplementedYet(f"{parent} uses your {what}, which is not implemented yet: finish it until "
-                                f"checks.{exercise} passes.") from exc
-    except AssertionError as exc:
-        fail(f"{parent} uses your {what}, which does not pass checks.{exercise} yet: {str(exc).splitlines()[0]}")
+def _uses_passing(part, check, what: str, parent: str, exercise: str) -> None:
+    """Another exercise's check on a part the learner's code uses (`core.uses_passing`: an input modified in
+    place, with right values, does not block the parent)."""
+    uses_passing(part, check, what, parent, exercise)
 
 
 def _no_grad(fn):
@@ -114,7 +110,7 @@ def rms_norm(RMSNorm: type) -> None:
     """RMSNorm equals transformers' LlamaRMSNorm, including where epsilon dominates the mean square."""
     _require_class(RMSNorm, "RMSNorm", "rms_norm")
     n = check_module(RMSNorm, what="RMSNorm", names=["w"], cases=_rms_cases(), mistakes=RMS_NORM_MISTAKES,
-                     hint="x / sqrt(mean(x**2 over d_model) + eps) * w: no mean subtracted, no bias.")
+                     dims=RESID_DIMS, hint="x / sqrt(mean(x**2 over d_model) + eps) * w: no mean subtracted, no bias.")
     passed(f"RMSNorm matches transformers' LlamaRMSNorm on {n} inputs")
 
 # ------------------------------------------------------------------------------------------------- rotary
@@ -149,7 +145,7 @@ def _check_rotary(apply_rotary) -> int:
         given = x.clone()
         out = call_learner("apply_rotary", apply_rotary, given, start, theta, context=label)
         assert_unchanged([x], [given], "apply_rotary", ["x"])
-        assert_matches(out, expected, "apply_rotary", context=label,
+        assert_matches(out, expected, "apply_rotary", context=label, dims=("batch", "pos", "n_heads", "d_head"),
                        mistakes=lambda x=x, s=start, th=theta: [(m, _safe(m.impl, x.clone(), s, th)) for m in ROTARY_MISTAKES],
                        hint="Pair dimension i with i + d_head/2, angle (start + position) * theta^(-2i/d_head).")
     return len(_rotary_cases())
@@ -191,7 +187,7 @@ def swiglu(SwiGLU: type) -> None:
     """SwiGLU equals transformers' LlamaMLP: down(silu(gate(x)) * up(x))."""
     _require_class(SwiGLU, "SwiGLU", "swiglu")
     n = check_module(SwiGLU, what="SwiGLU", names=_names(ref.SwiGLU), cases=_swiglu_cases(), mistakes=SWIGLU_MISTAKES,
-                     hint="(silu(x @ W_gate) * (x @ W_in)) @ W_out, no biases.")
+                     dims=RESID_DIMS, hint="(silu(x @ W_gate) * (x @ W_in)) @ W_out, no biases.")
     passed(f"SwiGLU matches transformers' LlamaMLP on {n} inputs")
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -238,17 +234,17 @@ def _gqa_cases() -> list[Case]:
 
 def _check_gqa(GroupedQueryAttention: type) -> int:
     _require_class(GroupedQueryAttention, "GroupedQueryAttention", "gqa")
-    rope = getattr(GroupedQueryAttention.forward, "__globals__", {}).get("apply_rotary")
-    if callable(rope) and rope is not ref.apply_rotary:
+    rope = learner_part(GroupedQueryAttention, "apply_rotary")
+    if rope is not None:
         _uses_passing(rope, _check_rotary, "apply_rotary", "GroupedQueryAttention", "rotary")
     return check_module(GroupedQueryAttention, what="GroupedQueryAttention", names=_names(ref.GroupedQueryAttention),
-                        cases=_gqa_cases(), mistakes=GQA_MISTAKES,
+                        cases=_gqa_cases(), mistakes=GQA_MISTAKES, dims=RESID_DIMS,
                         hint="q with n_heads heads, k and v with n_kv_heads; rotate q and k (start 0, cfg.rope_theta); "
                              "k, v .repeat_interleave(n_heads // n_kv_heads, dim=2); scores / sqrt(d_head); causal mask; "
                              "softmax; weighted v; W_O summed over heads.")
 
 
-@checker("gqa", GQA_MISTAKES, chapter=CHAPTER)
+@checker("gqa", GQA_MISTAKES, chapter=CHAPTER, requires=("rotary",))
 def gqa(GroupedQueryAttention: type) -> None:
     """GroupedQueryAttention equals transformers' LlamaAttention (GQA and multi-query, RoPE, no biases)."""
     n = _check_gqa(GroupedQueryAttention)

@@ -94,7 +94,8 @@ def _compare_logits(model: nn.Module, what: str, mistakes: list[Mistake], wrong_
             return found
 
         assert_matches(out, _expected_logits(index), f"{what}: logits against LlamaForCausalLM", context=label,
-                       mistakes=outcomes, hint="embed -> every block in order -> ln_final -> unembed, nothing else.")
+                       mistakes=outcomes, dims=("batch", "pos", "d_vocab"),
+                       hint="embed -> every block in order -> ln_final -> unembed, nothing else.")
 
 
 def _compare_greedy(model: nn.Module, what: str) -> int:
@@ -108,7 +109,7 @@ def _compare_greedy(model: nn.Module, what: str) -> int:
     return GREEDY_NEW
 
 
-@checker("decoder", DECODER_MISTAKES, chapter=CHAPTER)
+@checker("decoder", DECODER_MISTAKES, chapter=CHAPTER, requires=("rms_norm", "gqa", "swiglu"))
 def decoder(LlamaStyleDecoder: type) -> None:
     """With transformers' weights loaded by name, the decoder gives LlamaForCausalLM's logits and greedy tokens."""
     _require_class(LlamaStyleDecoder, "LlamaStyleDecoder", "decoder")
@@ -245,7 +246,7 @@ def kv_rope(forward_with_rope_cache) -> None:
         return found
 
     chunks = ", ".join(str(b - a) for a, b in KV_CHUNKS)
-    assert_matches(got, _kv_expected(), f"{what} logits", mistakes=wrong,
+    assert_matches(got, _kv_expected(), f"{what} logits", mistakes=wrong, dims=("batch", "pos", "d_vocab"),
                    context=f"16 positions fed in chunks of {chunks}, compared with LlamaForCausalLM's full pass",
                    hint="Rotate the new q and k at start = cache.n_positions, concatenate the cached (already rotated) "
                         "keys and values before the new ones, and shift the causal mask's diagonal by that start.")

@@ -1,15 +1,24 @@
 """The machinery every checker shares: a registry, realistic mistakes, and comparisons that explain themselves.
 
-A checker reviews in this order: parameter names, exceptions raised by the learner's code, output shape,
-dtype, NaN/inf, in-place modification of inputs, then values (elementwise, atol 1e-4 and rtol 1e-3). When
-values differ it runs each catalogued mistake on the same inputs: if the learner's output equals a
-mistake's, the message names that mistake and its fix.
+A checker reviews in this order: the exercises it depends on (`uses_passing`), parameter names, exceptions
+raised by the learner's code, in-place modification of inputs, output shape, dtype, NaN/inf, then values
+(elementwise, atol 1e-4 and rtol 1e-3). When values differ it runs each catalogued mistake on the same inputs:
+only if the learner's output equals a mistake's (same shape, values within the tolerance) does the message
+name that mistake and its fix. Otherwise it says what differs, in the exercise's dimension names when it
+gives them, then the exercise's hint: never a mistake the output does not match.
+
+Dtypes (the course's policy): a float32 reference accepts float32 and float64 (compared after casting to the
+reference's dtype); integers or booleans where floats are expected, and floats where token ids are expected,
+fail with a message naming the dtype expected. Integer outputs (token ids: int64, int32 accepted) are
+compared exactly, as integers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
+import inspect
 import io
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,9 +28,11 @@ from typing import Any
 import torch as t
 from torch import Tensor, nn
 
+from utils.checks.compare import (  # noqa: F401 - re-exported: checkers import them from core
+    ATOL, RTOL, assert_matches, close, describe, diff_report, dtype_problem, fail, matching_mistake, on_cpu,
+    where_it_differs,
+)
 from utils.checks.presentation import attach
-
-ATOL, RTOL = 1e-4, 1e-3
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class Exercise:
     check: Callable[..., None]
     mistakes: list[Mistake] = field(default_factory=list)
     chapter: str = ""
+    requires: tuple[str, ...] = ()  # exercises whose learner code this check runs (checked first, `uses_passing`)
 
 
 REGISTRY: dict[str, Exercise] = {}
@@ -48,25 +60,40 @@ class NotImplementedYet(NotImplementedError):
     """The learner's code still raises the stub's `NotImplementedError`."""
 
 
-def checker(exercise_id: str, mistakes: Sequence[Mistake] = (), chapter: str = ""):
+class InputModified(AssertionError):
+    """The learner's code modified an input in place: wrong by the course's rule, though its values may be right."""
+
+
+# Notes a passing check adds to its ✓ line (a dependency that only broke the in-place rule), and whether
+# in-place modification is being tolerated (while `uses_passing` asks if that was a dependency's only fault).
+_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("check_notes", default=None)
+_TOLERATE_IN_PLACE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("tolerate_in_place", default=None)
+
+
+def checker(exercise_id: str, mistakes: Sequence[Mistake] = (), chapter: str = "", requires: Sequence[str] = ()):
     """Register a checker. It runs with its own random state (the learner's stream is restored after),
-    with warnings kept off stderr, and prints its `✓` line only when it returns."""
+    with warnings kept off stderr, and prints its `✓` line only when it returns. `requires` lists the
+    exercises whose learner code it also runs (see `uses_passing`)."""
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(fn)
         def run(*args, **kwargs) -> None:
+            notes = _NOTES.set([])
             try:
                 with t.random.fork_rng(devices=[]), quiet_warnings():
                     t.manual_seed(0)
                     fn(*args, **kwargs)
             except (AssertionError, NotImplementedError) as exc:  # shown as its message and the learner's lines
                 raise attach(exc)
+            finally:
+                _NOTES.reset(notes)
 
         if exercise_id in REGISTRY:
             raise RuntimeError(f"Exercise id {exercise_id!r} is registered twice.")
         run.exercise_id = exercise_id
         run.mistakes = list(mistakes)
-        REGISTRY[exercise_id] = Exercise(exercise_id, run, list(mistakes), chapter)
+        run.requires = tuple(requires)
+        REGISTRY[exercise_id] = Exercise(exercise_id, run, list(mistakes), chapter, tuple(requires))
         return run
 
     return register
@@ -78,10 +105,6 @@ def quiet_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def fail(message: str) -> None:
-    raise AssertionError(message)
 
 
 # --------------------------------------------------------------------------------------------- calling code
@@ -100,12 +123,6 @@ def call_learner(what: str, fn: Callable[..., Any], *args, context: str = "", **
         raise AssertionError(
             f"{what} raised {type(exc).__name__}{where}: {exc}\n  (called with {shapes}; the traceback above points at your line)"
         ) from exc
-
-
-def describe(x: Any) -> str:
-    if isinstance(x, Tensor):
-        return f"Tensor{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
-    return type(x).__name__ if not isinstance(x, (int, float, str)) else repr(x)
 
 
 def construct(Cls: type, cfg: Any, what: str) -> nn.Module:
@@ -150,100 +167,96 @@ def load_params(module: nn.Module, params: Mapping[str, Tensor], what: str) -> N
     module.load_state_dict({**state, **params}, strict=True)
 
 
-# ----------------------------------------------------------------------------------------------- comparison
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.5f}" if abs(x) < 1e4 else f"{x:.4g}"
-
-
-def diff_report(actual: Tensor, expected: Tensor, atol: float = ATOL, rtol: float = RTOL) -> str:
-    """'38% of values differ, max |diff| 2.1e-02 at (0, 3, 17): got 0.41210, expected 0.43377'."""
-    a, e = actual.detach().double(), expected.detach().double()
-    bad = ~t.isclose(a, e, atol=atol, rtol=rtol, equal_nan=True)
-    diff = (a - e).abs().nan_to_num(nan=float("inf"))
-    diff = t.where(t.isinf(a) & t.isinf(e) & (a == e), t.zeros_like(diff), diff)
-    idx = tuple(int(i) for i in t.unravel_index(diff.argmax(), diff.shape)) if diff.numel() else ()
-    pct = 100.0 * bad.double().mean().item()
-    pct_text = f"{pct:.0f}%" if pct >= 1 else f"{pct:.2f}%"
-    return (
-        f"{pct_text} of values differ, max |diff| {diff.max().item():.1e} at {idx}: got {_fmt(a[idx].item())}, "
-        f"expected {_fmt(e[idx].item())}"
-    )
-
-
-def close(actual: Tensor, expected: Tensor, atol: float = ATOL, rtol: float = RTOL) -> bool:
-    if actual.shape != expected.shape:
-        return False
-    return bool(t.isclose(actual.detach().double(), expected.detach().double(), atol=atol, rtol=rtol, equal_nan=True).all())
-
-
-def matching_mistake(actual: Tensor, mistake_outputs: Sequence[tuple[Mistake, Any]], *, compare=close) -> Mistake | None:
-    for mistake, out in mistake_outputs:
-        if isinstance(out, Tensor) and isinstance(actual, Tensor) and out.shape == actual.shape and compare(actual, out):
-            return mistake
-    return None
-
-
-def assert_matches(
-    actual: Any,
-    expected: Tensor,
-    name: str,
-    *,
-    context: str = "",
-    mistakes: Sequence[tuple[Mistake, Any]] | Callable[[], Sequence[tuple[Mistake, Any]]] = (),
-    hint: str = "",
-    atol: float = ATOL,
-    rtol: float = RTOL,
-    check_dtype: bool = True,
-) -> None:
-    """Shape, dtype, NaN/inf, then values; a mismatch names the catalogued mistake it equals, if any.
-
-    `mistakes` may be a function, so that wrong variants only run when the learner's output is wrong."""
-    where = f" on {context}" if context else ""
-    if not isinstance(actual, Tensor):
-        fail(f"{name}: returned {describe(actual)}{where}, expected a Tensor of shape {tuple(expected.shape)}.")
-    actual = on_cpu(actual)
-    if actual.device.type != "cpu":
-        fail(f"{name}: returned a tensor on the {actual.device} device{where}, which holds no values to compare.")
-
-    def named(default: str = "") -> str:
-        outs = mistakes() if callable(mistakes) else mistakes
-        found = matching_mistake(actual, outs, compare=lambda x, y: close(x, y, atol, rtol))
-        if found is None and actual.shape != expected.shape:
-            found = next((m for m, o in outs if isinstance(o, Tensor) and o.shape == actual.shape), None)
-        if found is not None:
-            return f" This matches a known mistake, {found.name.replace('_', ' ')}: {found.hint}"
-        return f" {default}" if default else ""
-
-    if actual.shape != expected.shape:
-        fail(f"{name}: output shape {tuple(actual.shape)}{where}, expected {tuple(expected.shape)}." + named(hint))
-    if check_dtype and actual.dtype != expected.dtype:
-        fail(f"{name}: output dtype {actual.dtype}{where}, expected {expected.dtype}.")
-    finite_expected = t.isfinite(expected)
-    bad = ~t.isfinite(actual) & finite_expected
-    if bad.any():
-        kind = "NaN" if t.isnan(actual[bad]).any() else "inf"
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        fail(f"{name}: output has {int(bad.sum())} {kind} values{where} (first at {first}) where the reference is finite." + named(hint))
-    if not close(actual, expected, atol, rtol):
-        fail(f"{name}: {diff_report(actual, expected, atol, rtol)}{where}." + named(hint))
-
-
 def snapshot(*tensors: Any) -> list[Tensor | None]:
     return [x.detach().clone() if isinstance(x, Tensor) else None for x in tensors]
+
+
+IN_PLACE_ADVICE = ("Use out-of-place operations (`x = x - mean`, `masked_fill`, not `x -= mean` or `masked_fill_`): "
+                   "callers still need the input.")
+
+
+def input_modified(message: str) -> None:
+    """Fail with `InputModified`, unless `uses_passing` is asking whether that is a dependency's only fault."""
+    tolerated = _TOLERATE_IN_PLACE.get()
+    if tolerated is not None:
+        tolerated.append(message)
+        return
+    raise InputModified(message)
 
 
 def assert_unchanged(before: list[Tensor | None], after: Sequence[Any], what: str, labels: Sequence[str] = ()) -> None:
     for i, (old, new) in enumerate(zip(before, after)):
         if old is not None and new.device == old.device and not t.equal(old, new.detach()):
             label = labels[i] if i < len(labels) else f"argument {i}"
-            fail(f"{what} modified its input `{label}` in place. Use out-of-place operations "
-                 "(`x = x - mean`, `masked_fill`, not `x -= mean` or `masked_fill_`): callers still need the input.")
+            input_modified(f"{what} modified its input `{label}` in place. {IN_PLACE_ADVICE}")
+            return
 
 
 def passed(message: str) -> None:
-    print(f"✓ {message}")
+    """Print the check's one ✓ line, with any note a dependency left (see `uses_passing`)."""
+    notes = _NOTES.get() or []
+    print(f"✓ {message}" + "".join(f" (note: {note})" for note in notes))
+
+
+# ------------------------------------------------------------------------------------------------ dependencies
+
+
+def _is_reference(obj: Any) -> bool:
+    return (getattr(obj, "__module__", None) or "").startswith("utils.reference")
+
+
+def learner_part(code: Any, name: str) -> Any:
+    """The function or class called `name` that the learner's `code` (a function, or a class's own methods) uses,
+    looked up where that code was defined (the notebook's globals); None when it is the course's reference."""
+    classes = [k for k in code.__mro__ if (k.__module__ or "").split(".")[0] not in ("torch", "builtins")] \
+        if isinstance(code, type) else []
+    functions = [code] if inspect.isfunction(code) else [
+        f for k in classes for f in vars(k).values() if inspect.isfunction(f)]
+    for fn in functions:
+        if _is_reference(fn) or name not in fn.__code__.co_names:
+            continue
+        part = fn.__globals__.get(name)
+        if callable(part) and not _is_reference(part):
+            return part
+    return None
+
+
+def uses_passing(part: Any, check: Callable[[Any], None], what: str, parent: str, exercise: str) -> None:
+    """Run the check of exercise `exercise` on `part`, the learner's `what` that `parent` uses, before checking
+    `parent`: a failure there is reported as that exercise's, so the learner fixes it where it belongs.
+
+    A part that fails only by modifying its input in place (its values right) does not fail `parent`: its own
+    check reports the rule, and `parent`'s ✓ line carries a note."""
+    def run() -> None:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            check(part)
+
+    def blocked(exc: BaseException) -> None:
+        first = str(exc).splitlines()[0]
+        fail(f"{parent} uses your {what}, which does not pass checks.{exercise} yet: {first} "
+             f"(fix {what} first: {parent} is checked once checks.{exercise} passes)")
+
+    try:
+        run()
+        return
+    except NotImplementedYet as exc:
+        raise NotImplementedYet(f"{parent} uses your {what}, which is not implemented yet: finish it until "
+                                f"checks.{exercise} passes.") from exc
+    except InputModified:
+        pass
+    except AssertionError as exc:
+        blocked(exc)
+    token = _TOLERATE_IN_PLACE.set([])
+    try:
+        run()
+    except (AssertionError, NotImplementedError) as exc:  # wrong beyond the in-place rule: that blocks `parent`
+        blocked(exc)
+    finally:
+        _TOLERATE_IN_PLACE.reset(token)
+    notes = _NOTES.get()
+    if notes is not None:
+        notes.append(f"your {what} modifies its input in place, which checks.{exercise} reports; its values are "
+                     f"right, so {parent} was checked with it")
 
 
 # ------------------------------------------------------------------------------------------ module exercises
@@ -258,6 +271,7 @@ class Case:
     params: dict[str, Tensor]
     inputs: tuple
     expected: Tensor
+    dims: tuple[str, ...] | None = None  # the output's dimension names, for messages ("batch", "pos", "d_model")
 
 
 def run_module(Cls: type, case: Case, what: str, names: Iterable[str] | None = None, call=None) -> Any:
@@ -284,21 +298,7 @@ def module_device(module: nn.Module) -> t.device:
     return t.device("cpu")
 
 
-def on_cpu(x: Any) -> Any:
-    """Outputs are compared on the CPU, where the reference lives (tuples and lists are walked)."""
-    if isinstance(x, Tensor) and x.device.type != "cpu":
-        try:
-            return x.cpu()
-        except (NotImplementedError, RuntimeError):  # a "meta" tensor has no values to compare
-            return x
-    if isinstance(x, (tuple, list)):
-        return type(x)(on_cpu(item) for item in x)
-    return x
-
-
 def _argument_names(fn) -> list[str]:
-    import inspect
-
     try:
         return list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -320,6 +320,21 @@ def _named_error(error: BaseException, mistakes: Sequence[Mistake], case: Case, 
     return ""
 
 
+def _named_in_place(error: InputModified, mistakes: Sequence[Mistake], case: Case, call) -> str:
+    """' This matches a known mistake, …' for the first mistake that modifies the same input in place on `case`."""
+    which = str(error).partition(" modified its input ")[2].split(" ")[0]
+    for mistake in mistakes:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                run_module(mistake.impl, case, mistake.name, None, call)
+        except InputModified as exc:
+            if str(exc).partition(" modified its input ")[2].split(" ")[0] == which:
+                return f" This matches a known mistake, {mistake.name.replace('_', ' ')}: {mistake.hint}"
+        except Exception:  # any other failure of a mistake matches nothing
+            continue
+    return ""
+
+
 def check_module(
     Cls: type,
     *,
@@ -329,8 +344,10 @@ def check_module(
     mistakes: Sequence[Mistake] = (),
     hint: str = "",
     call=None,
+    dims: Sequence[str] | None = None,
 ) -> int:
-    """Compare a learner's module with the expected output on every case; returns the number of checks."""
+    """Compare a learner's module with the expected output on every case; returns the number of checks.
+    `dims` names the output's dimensions for messages (a case's own `dims` wins)."""
     if not isinstance(Cls, type) or not issubclass(Cls, nn.Module):
         fail(f"Pass the class itself, e.g. checks.{what.lower()}({what}); got {describe(Cls)}.")
     names = list(names)
@@ -339,6 +356,8 @@ def check_module(
             out = run_module(Cls, case, what, names, call)
         except NotImplementedYet:
             raise
+        except InputModified as exc:  # named when a catalogued mistake modifies the same input in place
+            raise InputModified(f"{exc}{_named_in_place(exc, mistakes, case, call)}") from None
         except AssertionError as exc:
             # The learner's code raised (`call_learner` keeps the error as the cause): a catalogued mistake that
             # raises the same error on this case is named, e.g. a global GPT-2 matrix on a small random case.
@@ -357,5 +376,6 @@ def check_module(
                     continue
             return results
 
-        assert_matches(out, case.expected, what, context=case.label, mistakes=mistake_outputs, hint=hint)
+        assert_matches(out, case.expected, what, context=case.label, mistakes=mistake_outputs, hint=hint,
+                       dims=case.dims or dims)
     return len(cases)
