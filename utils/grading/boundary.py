@@ -39,6 +39,8 @@ PACKAGE_FILES = ("__init__.py", "notebook.py", "reference_model.py", "tokenizer.
 VERSIONED = ("checks", "reference", "reference_model.py", "tokenizer.py", "notebook.py", "__init__.py",
              "grading/trusted.py", "grading/wire.py", "grading/stub_checks.py", "grading/boundary.py")
 JUDGE_TAG = "tfs-judge:"
+IN_PROCESS = "judged in the learner's process (scan only)"
+OUTSIDE = "judged outside the learner's process"
 _CALL = re.compile(r"^\s*checks\.(\w+)\(")
 
 
