@@ -249,3 +249,20 @@ def test_the_reference_cannot_be_imported_in_the_sandbox_package(tmp_path):
     assert "CELL ERROR NameError" in proc.stdout  # so the check never ran: nothing to judge
     with pytest.raises(ValueError, match="missing"):
         wire.read(tmp_path / "out" / "layer_norm")
+
+
+def test_instructors_guide_lists_how_each_chapter_is_judged():
+    from utils.grading.config import REPO, chapters
+
+    guide = (REPO / "docs" / "instructors.md").read_text()
+    section = guide[guide.index("### Where the grading boundary is"):]
+    outside = sorted(c for c in chapters() if boundary.covered(c))
+    assert outside == CHAPTERS == ["01_foundations", "02_components"]
+    assert "Chapters 01 and 02 are graded outside the learner's process" in section
+    counts = {c: len(_exercises(c)) for c in CHAPTERS}
+    assert f"({counts['01_foundations']} in\nchapter 01, {counts['02_components']} in chapter 02)" in section
+    inside = [c for c in chapters() if not boundary.covered(c)]
+    assert f"Chapters {inside[0][:2]} to {inside[-1][:2]}: judged in the learner's process (scan only)" in section
+    for exercise in (call.exercise for call in __import__("utils.checks.catalogue", fromlist=["x"]).check_calls()
+                     if call.notebook in inside):
+        assert f"`{exercise}`" in section, exercise  # every exercise still judged inside is named, with its reason
