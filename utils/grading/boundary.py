@@ -232,7 +232,7 @@ def judge_cell(chapter: str, exercise: str, results_dir: Path, sandbox_outputs: 
     try:
         results, tensors = wire.read(results_dir / exercise)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
-        errors = [f"{o.get('ename')}: {str(o.get('evalue', ''))[:200]}" for o in sandbox_outputs
+        errors = [f"{o.get('ename')}: {str(o.get('evalue', ''))[:200].rstrip('.')}" for o in sandbox_outputs
                   if o.get("output_type") == "error"]
         why = f"; the cell raised {errors[0]}" if errors else ""
         return Verdict(False, "Unverifiable", f"checks.{exercise} could not be verified by the grader: its check "
