@@ -43,12 +43,12 @@ def uniform_via_reciprocal(d_vocab):
     return -math.log(1 / d_vocab)
 
 
-def uniform_as_float32_tensor(d_vocab):
-    return t.tensor(float(d_vocab)).log()
-
-
 def uniform_via_categorical(d_vocab):
-    return t.distributions.Categorical(logits=t.zeros(d_vocab, dtype=t.float64)).entropy()
+    return t.distributions.Categorical(logits=t.zeros(d_vocab, dtype=t.float64)).entropy().item()
+
+
+def uniform_via_numpy(d_vocab):
+    return np.log(d_vocab)  # numpy.float64 is a Python float
 
 
 def entropy_with_counter(tokens, d_vocab):
@@ -64,7 +64,7 @@ def entropy_with_unique_and_categorical(tokens, d_vocab):
 
 def entropy_with_xlogy(tokens, d_vocab):
     probs = t.bincount(tokens.reshape(-1), minlength=d_vocab) / tokens.numel()
-    return -t.xlogy(probs, probs).sum()
+    return float(-t.xlogy(probs, probs).sum())
 
 
 def entropy_with_entr(tokens, d_vocab):
@@ -80,7 +80,7 @@ class StepWithCrossEntropy(ref.TransformerTrainer):
                                einops.rearrange(batch[:, 1:], "batch pos -> (batch pos)"))
         loss.backward()
         self.optimizer.step()
-        return loss
+        return loss.detach()
 
 
 class StepWithOneHot(ref.TransformerTrainer):
@@ -90,7 +90,7 @@ class StepWithOneHot(ref.TransformerTrainer):
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
-        return loss.item()
+        return loss.data  # detached too
 
 
 class StepWithModelZeroGrad(ref.TransformerTrainer):
@@ -111,7 +111,7 @@ class EvaluateConcatenated(ref.TransformerTrainer):
             hits = [(self.model(b)[:, :-1].argmax(-1) == b[:, 1:]).flatten()
                     for b in self.val_tokens.split(self.args.batch_size)]
         self.model.train()
-        return t.cat(hits).float().mean()
+        return t.cat(hits).float().mean().item()
 
 
 class EvaluateDecorated(ref.TransformerTrainer):
@@ -138,7 +138,7 @@ class EvaluateGradDisabled(ref.TransformerTrainer):
 
 
 ALTERNATIVES = [
-    ("uniform_baseline", uniform_via_reciprocal), ("uniform_baseline", uniform_as_float32_tensor),
+    ("uniform_baseline", uniform_via_reciprocal), ("uniform_baseline", uniform_via_numpy),
     ("uniform_baseline", uniform_via_categorical),
     ("unigram_entropy", entropy_with_counter), ("unigram_entropy", entropy_with_unique_and_categorical),
     ("unigram_entropy", entropy_with_xlogy), ("unigram_entropy", entropy_with_entr),
@@ -207,6 +207,42 @@ def test_returning_nothing_is_explained():
 
     with pytest.raises(AssertionError, match="returned None"):
         CHECKERS["training_step"](ReturnsNothing)
+
+
+class StepReturnsGraph(ref.TransformerTrainer):
+    def training_step(self, batch):
+        loss = F.cross_entropy(self.model(batch)[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return loss
+
+
+class StepReturnsFloat(StepReturnsGraph):
+    def training_step(self, batch):
+        return super().training_step(batch).item()
+
+
+class EvaluateReturnsTensor(ref.TransformerTrainer):
+    def evaluate(self):
+        return t.tensor(ref.TransformerTrainer.evaluate(self))
+
+
+@pytest.mark.parametrize(("exercise", "impl", "message"), [
+    ("uniform_baseline", lambda d_vocab: t.tensor(float(d_vocab)).log(),
+     "uniform_baseline returned Tensor() float32 on d_vocab=50257, a tensor; the exercise asks for a Python float"),
+    ("uniform_baseline", lambda d_vocab: t.distributions.Categorical(logits=t.zeros(d_vocab)).entropy(), "`.item()`"),
+    ("unigram_entropy", lambda tokens, d_vocab: t.special.entr(t.bincount(tokens.flatten(), minlength=d_vocab)
+                                                               / tokens.numel()).sum(), "asks for a Python float"),
+    ("training_step", StepReturnsGraph, "still attached to its graph (requires_grad=True) at step 1 of 5"),
+    ("training_step", StepReturnsFloat, "at step 1 of 5 on a fixed batch of 4 sequences of 12 tokens; return the "
+                                        "loss as a scalar tensor, detached"),
+    ("evaluate", EvaluateReturnsTensor, "TransformerTrainer.evaluate returned Tensor() float32, a tensor; the exercise "
+                                        "asks for a Python float"),
+], ids=["0-d-tensor", "categorical-entropy", "entropy-tensor", "loss-with-graph", "loss-as-float", "accuracy-tensor"])
+def test_a_stated_return_type_is_checked(exercise, impl, message):
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        CHECKERS[exercise](impl)
 
 
 def test_an_instance_instead_of_the_class_is_explained():

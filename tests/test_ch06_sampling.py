@@ -391,3 +391,222 @@ def test_greedy_prompt_past_n_ctx_without_cropping_gets_the_crop_hint():
 
     with pytest.raises(AssertionError, match="feed the model only the last n_ctx tokens"):
         CHECKERS["greedy"](no_crop)
+
+
+# ------------------------------------------------------------- stated requirements, each with its own message
+
+from utils.checks import mistakes_ch06 as catalogue  # noqa: E402
+from utils.checks.ch06_sampling import SAMPLING_OPTIONS, _sampling_cases  # noqa: E402
+from utils.checks.sampling_common import small_model  # noqa: E402
+
+
+def _loop(choose):
+    """A generate loop whose next token is `choose(tokens_so_far, input_ids, logits, kwargs)`."""
+    @t.no_grad()
+    def generate(model, input_ids, max_new_tokens, **sampling_kwargs):
+        tokens = input_ids
+        for _ in range(max_new_tokens):
+            logits = model(tokens[:, -model.cfg.n_ctx:])[:, -1]
+            tokens = t.cat([tokens, choose(tokens, input_ids, logits, sampling_kwargs)[:, None]], dim=1)
+        return tokens
+    return generate
+
+
+def test_generate_that_hard_codes_argmax_is_told_the_options_never_reach_the_sampler():
+    with pytest.raises(AssertionError, match="temperature=0.0 never reached sample_next_token") as info:
+        CHECKERS["greedy"](_loop(lambda tokens, ids, logits, kw: logits.argmax(-1)))
+    assert "**sampling_kwargs" in str(info.value)
+
+
+def test_generate_that_drops_the_options_in_a_fresh_notebook_is_told_so_not_shown_a_name_error():
+    def notebook_sampler(input_ids, logits, temperature=1.0, **kwargs):  # section 2 not written yet
+        if temperature == 0.0:
+            return logits.argmax(-1)
+        raise NameError("name 'apply_temperature' is not defined")
+
+    with pytest.raises(AssertionError, match="did not hand temperature=0.0 on to sample_next_token"):
+        CHECKERS["greedy"](_loop(lambda tokens, ids, logits, kw: notebook_sampler(tokens, logits)))
+
+
+def test_generate_that_always_appends_a_token_fails_on_max_new_tokens_zero():
+    def at_least_one(model, input_ids, max_new_tokens, **kwargs):
+        return ref.generate(model, input_ids, max(max_new_tokens, 1), **kwargs)
+
+    with pytest.raises(AssertionError, match=r"output shape \(2, 5\) on 2 prompts of 4 tokens with max_new_tokens = 0"):
+        CHECKERS["greedy"](at_least_one)
+
+
+def test_ids_are_compared_as_ids_naming_row_position_and_both_ids():
+    def float_ids(model, input_ids, max_new_tokens, **kwargs):
+        return ref.generate(model, input_ids, max_new_tokens, **kwargs).float()
+
+    with pytest.raises(AssertionError, match="returned dtype float32.*token ids are integer tensors"):
+        CHECKERS["greedy"](float_ids)
+
+    def off_by_one_id(model, input_ids, max_new_tokens, **kwargs):
+        out = ref.generate(model, input_ids, max_new_tokens, **kwargs).clone()
+        out[1, -1] = (out[1, -1] + 1) % model.cfg.d_vocab
+        return out
+
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["greedy"](off_by_one_id)
+    message = str(info.value)
+    assert re.search(r"row 1 of 3 differ; first at row 1, position 10 \(new token 6\): got id \d+, expected id \d+", message)
+    assert "max |diff|" not in message and "." not in message.split("got id ")[1].split(",")[0]
+
+
+def test_first_row_for_all_generation_names_the_row():
+    with pytest.raises(AssertionError, match="Row 1 continues exactly as row 0 should"):
+        CHECKERS["greedy"](_loop(lambda tokens, ids, logits, kw: logits[:1].argmax(-1).expand(len(logits))
+                                 if kw.get("temperature") == 0.0 else logits.argmax(-1)))
+
+
+def test_sampling_options_decide_tokens_and_tell_the_wrong_loops_apart():
+    """The kv_generate probes are deterministic and give other tokens than each wrong loop (on some row)."""
+    model = small_model(d_vocab=500, n_ctx=128, seed=8)
+    wrong = {"greedy": lambda ids, n, o: ref.generate(model, ids, n, temperature=0.0),
+             "no temperature": lambda ids, n, o: ref.generate(model, ids, n, **{**o, "temperature": 1.0}),
+             "no penalty": lambda ids, n, o: ref.generate(model, ids, n, **{**o, "frequency_penalty": 0.0}),
+             "prompt only": lambda ids, n, o: catalogue.SAMPLING_LOOP_MISTAKES[1].impl(model, ids, n, **o)}
+    for name, run in wrong.items():
+        assert any(not t.equal(run(ids, n, o), ref.generate(model, ids, n, **o)) for _, ids, n, o in _sampling_cases()), name
+    for _, ids, n, options in _sampling_cases():
+        t.manual_seed(1)
+        first = ref.generate(model, ids, n, **options)
+        t.manual_seed(2)
+        assert t.equal(first, ref.generate(model, ids, n, **options))
+    assert len(SAMPLING_OPTIONS) == 2
+
+
+def test_kv_generate_checks_generate_with_the_sampling_options_too(capfd):
+    CHECKERS["kv_generate"](ref.generate_with_cache, ref.generate)
+    assert "(and generate's)" in capfd.readouterr().out
+    for alternative in (generate_list_loop, generate_recursive):
+        CHECKERS["kv_generate"](kv_generate_list, alternative)
+
+
+@pytest.mark.parametrize(("loop", "message"), [
+    (_loop(lambda tokens, ids, logits, kw: logits.argmax(-1)), "hard coded argmax"),
+    (_loop(lambda tokens, ids, logits, kw: ref.sample_next_token(ids, logits, **kw)), "sampler sees prompt only"),
+], ids=["hard-coded-argmax", "prompt-instead-of-sequence"])
+def test_generate_that_ignores_the_options_fails_in_kv_generate(loop, message):
+    with pytest.raises(AssertionError, match=message) as info:
+        CHECKERS["kv_generate"](ref.generate_with_cache, loop)
+    assert str(info.value).startswith("generate on 2 different prompts of 6 tokens, 12 new tokens, temperature=")
+
+
+def test_top_p_min_tokens_off_by_one_is_told_it_kept_one_too_many_not_that_it_dropped_anything():
+    def min_inclusive(logits, top_p, min_tokens_to_keep=1):
+        values, order = logits.sort(dim=-1, descending=True)
+        probs = values.softmax(-1)
+        keep = (probs.cumsum(-1) - probs < top_p) | (t.arange(logits.shape[-1]) <= min_tokens_to_keep)
+        choice = t.distributions.Categorical(logits=values.masked_fill(~keep, -math.inf)).sample()
+        return order.gather(-1, choice[:, None]).squeeze(-1)
+
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["top_p"](min_inclusive)
+    message = str(info.value)
+    assert "kept the 4 most likely token(s), one too many" in message and "min_tokens_to_keep" in message
+    assert "drop" not in message
+
+
+def test_top_p_with_at_most_is_told_about_the_crossing_token():
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["top_p"](catalogue.TOP_P_MISTAKES[[m.name for m in catalogue.TOP_P_MISTAKES].index("keeps_boundary_token")].impl)
+    message = str(info.value)
+    assert "row 0 kept 2 token(s), expected exactly 1" in message and "crossing token" in message and "`<`" in message
+
+
+def top_p_one_row(logits, top_p, min_tokens_to_keep=1):  # ARENA's shape: logits [d_vocab]
+    probs, ids = logits.softmax(-1).sort(descending=True)
+    n_keep = max(int(t.searchsorted(probs.cumsum(-1), top_p, side="left")) + 1, min_tokens_to_keep)
+    return ids[t.multinomial(probs[:n_keep], 1)].squeeze()
+
+
+def top_k_one_row(logits, k):
+    values, ids = logits.topk(k)
+    return ids[t.distributions.Categorical(logits=values).sample()]
+
+
+def penalty_one_row(input_ids, logits, freq_penalty):
+    return logits - freq_penalty * t.bincount(input_ids, minlength=logits.shape[-1])
+
+
+@pytest.mark.parametrize(("exercise", "impl"), [("top_p", top_p_one_row), ("top_k", top_k_one_row),
+                                                ("frequency_penalty", penalty_one_row)])
+def test_a_one_row_function_is_told_it_handles_one_row(exercise, impl):
+    with pytest.raises(AssertionError, match=r"your function handles one row \(`\[d_vocab\]` logits\)") as info:
+        CHECKERS[exercise](impl)
+    assert "[batch d_vocab]" in str(info.value) and "bincount" not in str(info.value)
+
+
+@t.no_grad()
+def beam_without_ban(model, prompt, num_beams, max_new_tokens, num_return_sequences=1, no_repeat_ngram_size=0):
+    return ref.beam_search(model, prompt, num_beams, max_new_tokens, num_return_sequences, 0)
+
+
+@t.no_grad()
+def beam_bans_every_seen_token(model, prompt, num_beams, max_new_tokens, num_return_sequences=1, no_repeat_ngram_size=0):
+    return ref.beam_search(model, prompt, num_beams, max_new_tokens, num_return_sequences, min(no_repeat_ngram_size, 1))
+
+
+def test_beam_search_ban_failures_are_about_the_ban_not_the_scores():
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["beam_search"](beam_without_ban)
+    message = str(info.value)
+    assert "no_repeat_ngram_size = 2" in message and re.search(r"repeats the 2-gram \[\d+, \d+\]", message)
+    assert "Score =" not in message
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["beam_search"](beam_bans_every_seen_token)
+    assert "forbids more than it should" in str(info.value) and "Score =" not in str(info.value)
+
+
+def _forward_variant(*, position_shift=0, mask_shift=0, repeat_new=False):
+    """The reference forward_with_cache with one change a catalogue does not list."""
+    def attention(attn, x, past_k, past_v):
+        if mask_shift and past_k is not None:  # each query also sees the key after its own
+            return _attention_matmul_shifted(attn, x, past_k, past_v, mask_shift)
+        return ref.attention_with_cache(attn, x, past_k, past_v)
+
+    def forward(model, tokens, cache=None):
+        start = 0 if cache is None else cache.n_positions
+        pos = start + (position_shift if cache is not None else 0)
+        residual = model.embed(tokens) + model.pos_embed.W_pos[pos:pos + tokens.shape[1]]
+        keys, values = [], []
+        for layer, block in enumerate(model.blocks):
+            past_k = None if cache is None else cache.keys[layer]
+            past_v = None if cache is None else cache.values[layer]
+            out, k, v = attention(block.attn, block.ln1(residual), past_k, past_v)
+            residual = residual + out
+            residual = residual + block.mlp(block.ln2(residual))
+            keys.append(t.cat([k, k[:, -1:]], 1) if repeat_new else k)
+            values.append(t.cat([v, v[:, -1:]], 1) if repeat_new else v)
+        return model.unembed(model.ln_final(residual)), ref.KVCache(keys, values)
+    return forward
+
+
+def _attention_matmul_shifted(attn, x, past_k, past_v, shift):
+    batch, pos, _ = x.shape
+    q = einops.einsum(x, attn.W_Q, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + attn.b_Q
+    k = einops.einsum(x, attn.W_K, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + attn.b_K
+    v = einops.einsum(x, attn.W_V, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + attn.b_V
+    k, v = t.cat([past_k, k], 1), t.cat([past_v, v], 1)
+    n_past = k.shape[1] - pos
+    scores = einops.einsum(q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos")
+    future = t.triu(t.ones(pos, k.shape[1], dtype=t.bool), diagonal=n_past + 1 + shift)
+    z = einops.einsum((scores / attn.cfg.d_head**0.5).masked_fill(future, attn.IGNORE).softmax(-1), v,
+                      "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head")
+    return einops.einsum(z, attn.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos d_model") + attn.b_O, k, v
+
+
+@pytest.mark.parametrize(("variant", "expected", "absent"), [
+    (dict(position_shift=1), "With all positional embeddings zero they match", "diagonal"),
+    (dict(mask_shift=1), "Chunks of one new token match and chunks of several do not", "W_pos"),
+    (dict(repeat_new=True), "your returned cache holds 6 position(s), expected 5", "W_pos"),
+], ids=["positions", "mask", "cache-length"])
+def test_kv_cache_failure_says_where_it_diverges_and_gives_one_fix(variant, expected, absent):
+    with pytest.raises(AssertionError) as info:
+        CHECKERS["kv_cache"](_forward_variant(**variant))
+    message = str(info.value)
+    assert "the prefill matches, and the logits first differ at positions" in message
+    assert expected in message and absent not in message

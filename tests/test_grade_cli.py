@@ -82,3 +82,20 @@ def test_a_failing_cell_after_the_exercises_is_reported_and_fails_the_run(tmp_pa
     assert "1 of 1 exercises pass; 1 other cell failed" in proc.stdout
     assert f"cell {len(nb.cells) - 1} failed: NameError: name 'trained_model' is not defined" in proc.stdout
     assert proc.returncode == 1
+
+
+def test_help_documents_tfs_fast_and_full():
+    proc = subprocess.run([sys.executable, "-m", "utils.grade", "--help"], capture_output=True, text=True, cwd=ROOT)
+    flat = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "TFS_FAST=1" in flat and "--full" in flat and "TFS_FAST=0" in flat
+
+
+def test_a_check_cell_that_writes_to_stderr_is_not_reported_as_a_pass(tmp_path):
+    path = learner_copy(tmp_path, "stderr.ipynb", _solution_source("layer_norm_solution"))
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[-1].source += "\nimport sys\nprint('DeprecationWarning: something', file=sys.stderr)"
+    nbformat.write(nb, str(path))
+    proc = grade(path)
+    assert proc.returncode == 1
+    assert "0 of 1 exercises pass" in proc.stdout
+    assert "wrote to stderr, which nbgrader scores as failed: DeprecationWarning: something" in " ".join(proc.stdout.split())

@@ -56,8 +56,9 @@ def _first_line(text: str) -> str:
 
 
 def cell_result(cell, exercise: str) -> Row:
-    """Read a test cell's outputs: an error means ✗ (NotImplementedError: not implemented yet), else ✓."""
-    stdout = ""
+    """Read a test cell's outputs: an error means ✗ (NotImplementedError: not implemented yet), and so does
+    output on stderr, which nbgrader scores as a failed test; else ✓."""
+    stdout, stderr = "", ""
     for out in cell.get("outputs", []):
         if out.get("output_type") == "error":
             name, value = out.get("ename", ""), _first_line(out.get("evalue", ""))
@@ -69,6 +70,10 @@ def cell_result(cell, exercise: str) -> Row:
             return Row(exercise, False, f"{name}: {value}" if name != "AssertionError" else value)
         if out.get("output_type") == "stream" and out.get("name") == "stdout":
             stdout += out.get("text", "")
+        if out.get("output_type") == "stream" and out.get("name") == "stderr":
+            stderr += out.get("text", "")
+    if stderr.strip():
+        return Row(exercise, False, f"the check cell wrote to stderr, which nbgrader scores as failed: {_first_line(stderr)}")
     ticks = [ln for ln in stdout.splitlines() if ln.startswith("✓")]
     return Row(exercise, True, ticks[-1][1:].strip() if ticks else _first_line(stdout) or "passed")
 
@@ -159,10 +164,15 @@ def table(rows: list[Row], others: list[str] = (), width: int = 110) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.grade", description="A learner's progress report.")
+    parser = argparse.ArgumentParser(
+        prog="python -m utils.grade",
+        description="A learner's progress report: runs a copy of NOTEBOOK headless and prints one row per exercise.",
+        epilog="Demos run short by default: the notebook's kernel gets TFS_FAST=1 (training demos take a slice of the "
+               "corpus and a few dozen steps), unless TFS_FAST is already set or --full is given. Cells outside the "
+               "exercises that fail or are stopped are listed under the table and make the run fail.")
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help="seconds per cell (default %(default)s)")
-    parser.add_argument("--full", action="store_true", help="run the demos at full length (default: TFS_FAST=1)")
+    parser.add_argument("--full", action="store_true", help="run the demos at full length (sets TFS_FAST=0)")
     args = parser.parse_args(argv)
     if not args.notebook.is_file():
         print(f"{args.notebook}: no such notebook.")

@@ -47,6 +47,40 @@ def _as_number(out: Any, what: str, context: str) -> float:
     fail(f"{what} returned {describe(out)}{context}, expected a single number.")
 
 
+def _python_float(out: Any, what: str, context: str) -> float:
+    """The exercise text says "as a Python float": a tensor (even a 0-d one) or an int is not one."""
+    if isinstance(out, float):
+        return float(out)
+    if out is None:
+        fail(f"{what} returned None{context}: return the value (did you forget `return`?).")
+    if isinstance(out, Tensor) and out.numel() == 1:
+        fail(f"{what} returned {describe(out)}{context}, a tensor; the exercise asks for a Python float: "
+             "`.item()` (or `float(...)`) turns a one-element tensor into one.")
+    if isinstance(out, int) and not isinstance(out, bool):
+        fail(f"{what} returned the int {out}{context}; the exercise asks for a Python float (divide with `/`, "
+             "or use `float(...)`).")
+    fail(f"{what} returned {describe(out)}{context}, expected a Python float.")
+
+
+def _detached_loss(out: Any, what: str, context: str) -> float:
+    """training_step returns "the loss (detached)" as "a scalar tensor": 0-d, floating point, no graph."""
+    if out is None:
+        fail(f"{what} returned None{context}: return the value (did you forget `return`?).")
+    if not isinstance(out, Tensor):
+        kind = f"the Python float {out:.4f}" if isinstance(out, float) else describe(out)
+        fail(f"{what} returned {kind}{context}; return the loss as a scalar tensor, detached from the "
+             "graph: `return loss.detach()` (the training loop calls `float` on it itself).")
+    if out.shape != ():
+        fail(f"{what} returned shape {tuple(out.shape)}{context}, expected a scalar tensor, shape (): the mean over "
+             "batch and positions, `loss.detach()`.")
+    if not out.is_floating_point():
+        fail(f"{what} returned dtype {str(out.dtype).replace('torch.', '')}{context}; a loss is floating-point.")
+    if out.requires_grad:
+        fail(f"{what} returned the loss still attached to its graph (requires_grad=True){context}: return "
+             "`loss.detach()`, or every step's history keeps the whole graph of that step alive.")
+    return float(out.double())
+
+
 def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=SCALAR_RTOL, abs_tol=SCALAR_ATOL)
 
@@ -71,13 +105,13 @@ def _mistake_values(mistakes: Sequence[Mistake], run: Callable[[Any], float]) ->
 
 def _check_function(fn: Callable, what: str, cases: Sequence[tuple[str, tuple]], reference: Callable,
                     mistakes: Sequence[Mistake]) -> int:
-    """Compare a learner's number-valued function with the reference on every case, naming known mistakes."""
+    """Compare a learner's float-valued function with the reference on every case, naming known mistakes."""
     if not callable(fn) or isinstance(fn, type):
         fail(f"Pass your function itself, e.g. checks.{what}({what}); got {describe(fn)}.")
     for label, args in cases:
         inputs = tuple(a.clone() if isinstance(a, Tensor) else a for a in args)
         before = snapshot(*inputs)
-        got = _as_number(call_learner(what, fn, *inputs, context=label), what, f" on {label}")
+        got = _python_float(call_learner(what, fn, *inputs, context=label), what, f" on {label}")
         assert_unchanged(before, inputs, what)
         expected = reference(*args)
         if not _same(got, expected):
@@ -196,7 +230,8 @@ def _trajectory(Cls: type, learner: bool = True) -> list[float]:
         out = call_learner("TransformerTrainer.training_step", trainer.training_step, *inputs, context=context) \
             if learner else trainer.training_step(*inputs)
         assert_unchanged(before, inputs, "TransformerTrainer.training_step", ["batch"])
-        losses.append(_as_number(out, "TransformerTrainer.training_step", f" at {context}"))
+        check = _detached_loss if learner else _as_number
+        losses.append(check(out, "TransformerTrainer.training_step", f" at {context}"))
     return losses + [_batch_loss(model, batch)]
 
 
@@ -287,9 +322,8 @@ def _evaluate(Cls: type, learner: bool = True) -> tuple[float, _Probe, Any]:
     trainer = _construct(Cls, probe, "evaluate")
     if learner:
         out = call_learner("TransformerTrainer.evaluate", trainer.evaluate, context="10 sequences in batches of 4")
-    else:
-        out = trainer.evaluate()
-    return _as_number(out, "TransformerTrainer.evaluate", ""), probe, trainer
+        return _python_float(out, "TransformerTrainer.evaluate", ""), probe, trainer
+    return _as_number(trainer.evaluate(), "TransformerTrainer.evaluate", ""), probe, trainer
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from utils.reference import sampling as ref
 
 
 def _generate(model, input_ids, max_new_tokens, *, position=-1, context="crop_last", append="end", keep_kwargs=True,
-              **sampling_kwargs):
+              choose="sampler", **sampling_kwargs):
     tokens = input_ids
     n_ctx = model.cfg.n_ctx
     kwargs = sampling_kwargs if keep_kwargs else {}
@@ -34,7 +34,12 @@ def _generate(model, input_ids, max_new_tokens, *, position=-1, context="crop_la
                 seen = tokens[:, -1:]
             else:
                 seen = tokens
-            next_token = ref.sample_next_token(tokens, model(seen)[:, position], **kwargs)
+            logits = model(seen)[:, position]
+            if choose == "argmax":
+                next_token = logits.argmax(dim=-1)
+            else:
+                history = input_ids if choose == "prompt_only" else tokens
+                next_token = ref.sample_next_token(history, logits, **kwargs)
             parts = [tokens, next_token[:, None]] if append == "end" else [next_token[:, None], tokens]
             tokens = t.cat(parts, dim=1)
     return tokens
@@ -43,6 +48,17 @@ def _generate(model, input_ids, max_new_tokens, *, position=-1, context="crop_la
 def _new_tokens_only(model, input_ids, max_new_tokens, **kwargs):
     return _generate(model, input_ids, max_new_tokens, **kwargs)[:, input_ids.shape[1]:]
 
+
+IGNORES_OPTIONS_HINT = ("your loop chooses the argmax itself (or passes temperature=0.0 of its own), so the "
+                        "sampling options never reach sample_next_token; later sections sample through this loop "
+                        "with top_p: call `sample_next_token(tokens, logits, **sampling_kwargs)`.")
+DEFAULT_TEMPERATURE_HINT = ("your loop did not hand temperature=0.0 on to sample_next_token, so it sampled with the "
+                            "default temperature 1.0, which needs section 2's functions: call "
+                            "`sample_next_token(tokens, logits, **sampling_kwargs)`.")
+SAMPLING_OPTIONS_HINT = ("These options decide every token with certainty: pass **sampling_kwargs on to "
+                         "sample_next_token, with the whole sequence so far (`tokens`, not the prompt) as its input_ids.")
+PROMPT_ONLY_HINT = ("you hand sample_next_token the prompt (`input_ids`) instead of the sequence so far, so the "
+                    "frequency penalty never counts the generated tokens: pass `tokens`.")
 
 GREEDY_MISTAKES = [
     Mistake("first_position", functools.partial(_generate, position=0),
@@ -60,6 +76,14 @@ GREEDY_MISTAKES = [
             "tokens are sampled."),
     Mistake("returns_new_tokens_only", _new_tokens_only,
             "you return only the generated tokens; return the prompt followed by them, `[batch pos + max_new_tokens]`."),
+    Mistake("hard_coded_argmax", functools.partial(_generate, choose="argmax"), IGNORES_OPTIONS_HINT),
+]
+# generate's mistakes that only sampling options reveal (checks.kv_generate(generate_with_cache, generate) runs them)
+SAMPLING_LOOP_MISTAKES = [
+    Mistake("hard_coded_argmax", functools.partial(_generate, choose="argmax"), IGNORES_OPTIONS_HINT),
+    Mistake("sampler_sees_prompt_only", functools.partial(_generate, choose="prompt_only"), PROMPT_ONLY_HINT),
+    Mistake("drops_sampling_kwargs", functools.partial(_generate, keep_kwargs=False),
+            "you do not pass **sampling_kwargs on to sample_next_token, so the options are ignored."),
 ]
 CROP_HINT = ("The sequence grew past model.cfg.n_ctx positions: feed the model only the last n_ctx tokens, "
              "`tokens[:, -model.cfg.n_ctx:]`.")
@@ -111,6 +135,11 @@ def _batch_counts(input_ids, logits, freq_penalty):
     return logits - freq_penalty * counts
 
 
+def _first_row_counts(input_ids, logits, freq_penalty):
+    counts = t.bincount(input_ids[0], minlength=logits.shape[-1]).to(logits.dtype)
+    return logits - freq_penalty * counts
+
+
 def _penalty_in_place(input_ids, logits, freq_penalty):
     for row, ids in enumerate(input_ids):
         for token in ids:
@@ -132,6 +161,8 @@ PENALTY_MISTAKES = [
     Mistake("adds_penalty", lambda ids, logits, a: logits + a * _counts(ids, logits),
             "you add the penalty, which makes repeated tokens more likely; subtract it."),
     Mistake("in_place", _penalty_in_place, PENALTY_IN_PLACE_HINT),
+    Mistake("counts_first_row_only", _first_row_counts,
+            "you count the tokens of row 0 and penalise every row with them; count each row's own tokens."),
 ]
 
 # ------------------------------------------------------------------------------------------------- top-k
@@ -167,12 +198,15 @@ TOP_K_MISTAKES = [
             "you pick uniformly among the k kept tokens; sample them in proportion to softmax of their logits."),
     Mistake("greedy", lambda logits, k: logits.argmax(dim=-1),
             "you always return the most likely token; sample among the k largest."),
+    Mistake("ids_from_first_row", lambda logits, k: logits.topk(k).indices[0][_categorical(logits.topk(k).values)],
+            "you map every row's choice back through row 0's ids (`top_ids[0]`); each row has its own: "
+            "`top_ids.gather(-1, choice[:, None])`."),
 ]
 
 # ------------------------------------------------------------------------------------------------- top-p
 
 
-def _top_p(logits, top_p, min_tokens_to_keep=1, *, inclusive=False, sort=True, on_logits=False, use_min=True,
+def _top_p(logits, top_p, min_tokens_to_keep=1, *, inclusive=False, at_most=False, sort=True, on_logits=False, use_min=True,
            descending=True):
     if sort:
         values, order = logits.sort(dim=-1, descending=descending)
@@ -181,12 +215,16 @@ def _top_p(logits, top_p, min_tokens_to_keep=1, *, inclusive=False, sort=True, o
     weights = values if on_logits else values.softmax(dim=-1)
     cumulative = weights.cumsum(dim=-1)
     measured = cumulative if inclusive else cumulative - weights
-    keep = measured < top_p
+    keep = measured <= top_p if at_most else measured < top_p
     rank = t.arange(logits.shape[-1])
     keep = keep | (rank < (min_tokens_to_keep if use_min else 1))
     choice = _categorical(values.masked_fill(~keep, float("-inf")))
     return order.gather(-1, choice[:, None]).squeeze(-1)
 
+
+TOP_P_BOUNDARY_HINT = ("you keep a token whose preceding mass equals top_p: the token that reaches top_p is the "
+                       "crossing token and the last one kept; keep a token only while the mass before it is *below* "
+                       "top_p (`<`, not `<=`)")
 
 TOP_P_MISTAKES = [
     Mistake("drops_crossing_token", functools.partial(_top_p, inclusive=True),
@@ -201,6 +239,7 @@ TOP_P_MISTAKES = [
     Mistake("ascending_sort", functools.partial(_top_p, descending=False),
             "you sort in ascending order, so the nucleus is made of the least likely tokens; sort with "
             "`descending=True`."),
+    Mistake("keeps_boundary_token", functools.partial(_top_p, at_most=True), TOP_P_BOUNDARY_HINT + "."),
     Mistake("samples_unfiltered", lambda logits, top_p, min_tokens_to_keep=1: _categorical(logits),
             "you sample from the unfiltered logits; set the logits outside the nucleus to -inf before sampling."),
 ]
@@ -240,6 +279,12 @@ def _beam(model, prompt, num_beams, max_new_tokens, num_return_sequences=1, no_r
     scores, tokens = scores[ranking], tokens[ranking]
     return scores[:num_return_sequences], tokens[:num_return_sequences]
 
+
+NGRAM_REPEATS_HINT = ("Before choosing the survivors, set to -inf the log-probability of every token that would complete "
+                      "an n-gram already in that beam, prompt included: its n - 1 predecessors equal the first n - 1 "
+                      "tokens of an earlier n-gram.")
+NGRAM_TOO_MUCH_HINT = ("Ban only tokens that would complete an n-gram already in that beam (the last n - 1 tokens "
+                       "match the start of an earlier n-gram); with n = 1, every token already present.")
 
 BEAM_MISTAKES = [
     Mistake("scores_not_summed", functools.partial(_beam, score="last"),
@@ -304,6 +349,16 @@ def _forward(model, tokens, cache=None, *, positions="offset", extend="cat", mas
     return model.unembed(model.ln_final(residual)), new_cache
 
 
+CACHE_LENGTH_HINT = ("return, for every layer, the cached keys and values followed by the new positions' "
+                     "(`t.cat([past_k, k], dim=1)`), so the cache grows by the number of new tokens.")
+POSITION_HINT = ("the new tokens' positional embeddings are wrong; they are positions c, c + 1, … with "
+                 "c = cache.n_positions: use `model.pos_embed.W_pos[c : c + n]`.")
+MASK_OFFSET_HINT = ("the causal mask ignores the cached keys; with c cached, query i is position c + i and sees keys "
+                    "0 … c + i: `t.triu(ones(query_pos, key_pos), diagonal=c + 1)` marks the future ones.")
+CACHED_ATTENTION_HINT = ("each new query must attend over the cached keys and values followed by the new ones "
+                         "(`t.cat([past_k, k], dim=1)`, in that order, on the position axis), with the causal mask's "
+                         "diagonal moved by the number cached.")
+
 KV_CACHE_MISTAKES = [
     Mistake("positions_restart", functools.partial(_forward, positions="restart"),
             "your positional embeddings restart at 0 for every call; the new tokens are positions c, c + 1, … with "
@@ -339,12 +394,18 @@ def _cached_generate(model, input_ids, max_new_tokens, *, mode="right", **sampli
         tokens = input_ids
         for step in range(max_new_tokens):
             position = 0 if (mode == "first_logits" and step == 0) else -1
-            next_token = ref.sample_next_token(tokens, logits[:, position], **sampling_kwargs)
+            if mode == "ignore_options":
+                next_token = logits[:, position].argmax(dim=-1)
+            else:
+                history = input_ids if mode == "prompt_only" else tokens
+                next_token = ref.sample_next_token(history, logits[:, position], **sampling_kwargs)
             tokens = t.cat([tokens, next_token[:, None]], dim=1)
             if mode == "not_reassigned":
                 logits, _ = ref.forward_with_cache(model, next_token[:, None], prompt_cache)
             elif mode == "dropped":
                 logits, _ = ref.forward_with_cache(model, next_token[:, None])
+            elif mode in ("ignore_options", "prompt_only"):
+                logits, cache = ref.forward_with_cache(model, next_token[:, None], cache)
             elif mode == "whole_sequence":
                 logits, cache = ref.forward_with_cache(model, tokens, cache)
             else:
@@ -366,4 +427,7 @@ KV_GENERATE_MISTAKES = [
     Mistake("first_position_logits", functools.partial(_cached_generate, mode="first_logits"),
             "after the prompt you take the logits of position 0; the next token comes from the last position, "
             "`logits[:, -1]`."),
+    Mistake("ignores_sampling_options", functools.partial(_cached_generate, mode="ignore_options"),
+            IGNORES_OPTIONS_HINT),
+    Mistake("sampler_sees_prompt_only", functools.partial(_cached_generate, mode="prompt_only"), PROMPT_ONLY_HINT),
 ]
