@@ -9,6 +9,8 @@ import pytest
 
 from bench.report import markdown
 
+pytestmark = pytest.mark.xdist_group("test_bench_report")  # its module fixture is built once, on one xdist worker
+
 RESULTS = {
     "date": "2030-01-02 03:04",
     "machine": {"cpu": "x86_64", "cores": 2, "threads": 2, "python": "3.11", "torch": "2.9.0",

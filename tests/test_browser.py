@@ -22,7 +22,7 @@ from .browser.chromium import Chromium, RecordingProxy, find_chromium, from_brow
 from .browser.figures import StaticServer, error_outputs, execute, export_html, figures, render, uses_figures
 from .conftest import ROOT, SOLUTION_NOTEBOOKS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("offline-solutions")]
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 # Off-machine requests a page makes for something other than a figure; still blocked, but not a failure.

@@ -15,6 +15,8 @@ from utils.checks import CHECKERS, MISTAKES, NotImplementedYet
 from utils.checks.core import REGISTRY
 from utils.reference import foundations as ref
 
+pytestmark = pytest.mark.xdist_group("test_ch01_foundations")  # its module fixture is built once, on one xdist worker
+
 EXERCISES = sorted(e for e, ex in REGISTRY.items() if ex.chapter == "01_foundations")
 CATALOGUE = [(e, m) for e in EXERCISES for m in MISTAKES[e]]
 

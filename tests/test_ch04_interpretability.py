@@ -16,6 +16,8 @@ from utils.induction import (CHECKPOINT, EVAL_REPEAT, MAX_REPEATED_LOSS, MIN_IND
                              train_induction)
 from utils.reference import interp as ref
 
+pytestmark = pytest.mark.xdist_group("test_ch04_interpretability")  # its module fixture is built once, on one xdist worker
+
 EXERCISES = ["head_detector", "decompose_resid", "direct_logit_attribution", "induction_score", "head_ablation"]
 REFERENCE = {
     "head_detector": ref.head_detector_scores,

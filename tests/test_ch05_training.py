@@ -23,6 +23,8 @@ from utils.checks.mistakes_ch05 import (
 )
 from utils.reference import training as ref
 
+pytestmark = pytest.mark.xdist_group("test_ch05_training")  # its module fixture is built once, on one xdist worker
+
 REFERENCE = {
     "uniform_baseline": ref.uniform_baseline,
     "unigram_entropy": ref.unigram_entropy,

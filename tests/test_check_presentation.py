@@ -17,6 +17,8 @@ from torch import nn
 from utils import checks
 from utils.reference.components import Config
 
+pytestmark = pytest.mark.xdist_group("test_check_presentation")  # its module fixture is built once, on one xdist worker
+
 
 class LayerNorm(nn.Module):
     def __init__(self, cfg: Config):

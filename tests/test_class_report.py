@@ -15,6 +15,8 @@ from tests.conftest import ROOT
 from utils.grading import class_report
 from utils.outcomes import FLAGGED, NAMED, NOT_IMPLEMENTED, NOT_RUN, PASSED, UNNAMED, read_outcome
 
+pytestmark = pytest.mark.xdist_group("test_class_report")  # its module fixture is built once, on one xdist worker
+
 CHAPTER = "02_components"
 EXERCISES = class_report.exercises_of(CHAPTER)
 NAMED_MESSAGE = ("LayerNorm: 38% of values differ, max |diff| 2.1e-02 at (0, 3, 17): got 0.41210, expected 0.43377. "

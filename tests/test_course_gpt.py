@@ -19,7 +19,7 @@ from utils.models.course_gpt_eval import MIN_HEAD_SCORE, MIN_NATS_BELOW_UNIGRAM,
 
 from .conftest import ROOT
 
-
+pytestmark = pytest.mark.xdist_group("test_course_gpt")  # its module fixture is built once, on one xdist worker
 
 needs_checkpoint = pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"no course GPT checkpoint at {CHECKPOINT}")
 

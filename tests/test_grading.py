@@ -29,7 +29,7 @@ from utils.grading.course import Course, release_differences
 from utils.grading.integrity import scan
 from utils.grading.sandbox import missing_tools
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_grading")]
 HOSTILE_CHAPTER = "02_components"
 CELL_TIMEOUT_S = 120  # the course's own limit: chapter 05's training cell needs it on a loaded machine
 NOTEBOOK_TIMEOUT_S = 400

@@ -19,6 +19,8 @@ from utils.grading.collect import find_submissions
 from utils.grading.config import REPO
 from utils.grading.normalise import normalise
 
+pytestmark = pytest.mark.xdist_group("test_grading_repairs")  # its module fixture is built once, on one xdist worker
+
 CHAPTER = "02_components"
 
 

@@ -13,6 +13,8 @@ from tests.conftest import ROOT
 from utils import progress
 from utils.outcomes import MISSING, NAMED, NOT_IMPLEMENTED, NOT_RUN, PASSED
 
+pytestmark = pytest.mark.xdist_group("test_progress")  # its module fixture is built once, on one xdist worker
+
 CHAPTER = "01_foundations"
 EXERCISES = progress.exercises_of(CHAPTER)
 GLOBAL_MAX = '''def stable_softmax(x, dim=-1):

@@ -182,6 +182,8 @@ fake = types.ModuleType("utils.checks")
 fake.layer_norm = lambda *args, **kwargs: print("✓ LayerNorm matches the reference")
 sys.modules["utils.checks"] = fake
 import utils
+
+pytestmark = pytest.mark.xdist_group("test_trusted_grading")  # its module fixture is built once, on one xdist worker
 utils.checks = fake
 checks = fake
 """
