@@ -432,3 +432,20 @@ ALTERNATIVES = [
 def test_valid_alternative_passes(exercise, impl, capfd):
     CHECKERS[exercise](impl)
     assert capfd.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------------------- plotting
+
+
+def test_pattern_heatmap_labels_axes_by_token_and_hovers_positions():
+    from utils.plotting import pattern_heatmap
+
+    labels = ["BOS", "7", "9", "7", "9"]  # repeated tokens stay separate positions
+    pattern = t.softmax(t.randn(5, 5).masked_fill(t.triu(t.ones(5, 5, dtype=t.bool), 1), float("-inf")), -1)
+    fig = pattern_heatmap(pattern, labels, title="demo")
+    heatmap = fig.data[0]
+    assert heatmap.z.shape == (5, 5)
+    assert list(fig.layout.xaxis.ticktext) == labels and list(fig.layout.xaxis.tickvals) == [0, 1, 2, 3, 4]
+    assert heatmap.customdata[4][1] == "query 4: 9<br>key 1: 7"
+    with pytest.raises(ValueError, match="one label per position"):
+        pattern_heatmap(pattern, labels[:4])
