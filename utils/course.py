@@ -39,6 +39,7 @@ CHAPTERS = {
     "05_training": ("Training a transformer on a corpus every machine has", "2 h"),
     "06_sampling": ("Sampling: temperature, penalties, top-k, top-p, beam search, KV cache", "2.5 h"),
     "07_modern_decoder": ("From GPT-2 to a modern decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention", "2.5 h"),
+    "08_circuits": ("Circuits: ablation, activation and path patching, OV/QK circuits, composition (builds on 04 only)", "3 h"),
 }
 
 

@@ -72,8 +72,29 @@ def attention_patterns(pattern: Tensor, tokens: Sequence[str], head_names: Seque
     return HTML(view.local_src)
 
 
+def pattern_heatmap(pattern: Tensor, tokens: Sequence[str], *, title: str = "", max_ticks: int = 40):
+    """One head's attention pattern [query_pos key_pos] as a heatmap whose axes show the tokens themselves (repeats
+    allowed: the axes are positions, labelled by token), with query, key and weight on hover."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    values = _numpy(pattern.detach().float())
+    n = values.shape[0]
+    if values.shape != (n, n) or len(tokens) != n:
+        raise ValueError(f"pattern_heatmap: pass a square [query_pos key_pos] pattern and one label per position, got "
+                         f"{tuple(values.shape)} and {len(tokens)} labels")
+    hover = np.array([[f"query {q}: {tokens[q]}<br>key {k}: {tokens[k]}" for k in range(n)] for q in range(n)])
+    step = max(1, -(-n // max_ticks))  # thin the ticks of long sequences; hover still names every token
+    ticks = list(range(0, n, step))
+    fig = go.Figure(go.Heatmap(z=values, customdata=hover, colorscale="Blues", zmin=0, zmax=1,
+                               hovertemplate="%{customdata}<br>attention %{z:.3f}<extra></extra>"))
+    axis = dict(tickmode="array", tickvals=ticks, ticktext=[tokens[i] for i in ticks])
+    fig.update_layout(title=title, xaxis=dict(title="key", **axis), yaxis=dict(title="query", autorange="reversed", **axis))
+    return fig
+
+
 def head_labels(n_layers: int, n_heads: int) -> list[str]:
     return [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
 
 
-__all__ = ["attention_patterns", "bar", "head_labels", "imshow", "line", "token_labels"]
+__all__ = ["attention_patterns", "bar", "head_labels", "imshow", "line", "pattern_heatmap", "token_labels"]
