@@ -178,6 +178,7 @@ def _load_manual(model, params):
 def _load_union(model, params):
     buffers = dict(model.named_buffers())
     model.load_state_dict(buffers | params, strict=True)  # torch's own strict check names every key
+    return model
 
 
 def _load_incompatible_keys(model, params):

@@ -264,6 +264,10 @@ def load_weights(load_gpt2_weights) -> None:
         ("`unembed.W_U` transposed", {**probe_params(), "unembed.W_U": probe_params()["unembed.W_U"].T.clone()},
          ["unembed.W_U"], " A weight of the wrong shape must be an error too (`load_state_dict` checks shapes)."),
     ]
+    # Every probe runs before a verdict: accepting bad weights silently is the more basic bug, so it is reported
+    # before an error that names too few keys (a loader that ignores unexpected names may also stop at the
+    # first missing one).
+    accepted, incomplete = [], []
     for label, bad, keys, why in probes:
         try:
             quietly(load_gpt2_weights, _probe_blank(), bad)
@@ -272,12 +276,15 @@ def load_weights(load_gpt2_weights) -> None:
         except Exception as exc:  # the error we want: it must name every offending key
             unnamed = [key for key in keys if not re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", str(exc))]
             if unnamed:
-                fail(f"{what} raised {type(exc).__name__} for weights with {label}, but its message names only "
-                     f"{len(keys) - len(unnamed)} of the {len(keys)} (not {', '.join(f'`{k}`' for k in unnamed)}): list every "
-                     "missing and every unexpected name, so that they can all be fixed at once."
-                     + (hint["first_name_only"] if len(keys) - len(unnamed) == 1 else ""))
+                incomplete.append(
+                    f"{what} raised {type(exc).__name__} for weights with {label}, but its message names only "
+                    f"{len(keys) - len(unnamed)} of the {len(keys)} (not {', '.join(f'`{k}`' for k in unnamed)}): list every "
+                    "missing and every unexpected name, so that they can all be fixed at once."
+                    + (hint["first_name_only"] if len(keys) - len(unnamed) == 1 else ""))
             continue
-        fail(f"{what} accepted weights with {label} without an error.{why}")
+        accepted.append(f"{what} accepted weights with {label} without an error.{why}")
+    if accepted or incomplete:
+        fail((accepted or incomplete)[0])
     passed(f"load_gpt2_weights loads GPT-2's weights ({reference_info().kind}) and a probe's untied weights strictly, "
            "and reproduces their logits")
 
