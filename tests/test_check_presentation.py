@@ -11,13 +11,13 @@ from nbclient import NotebookClient
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
+pytestmark = pytest.mark.xdist_group("test_check_presentation")  # its module fixture is built once, on one xdist worker
+
 WRONG_LAYER_NORM = '''
 import torch as t
 from torch import nn
 from utils import checks
 from utils.reference.components import Config
-
-pytestmark = pytest.mark.xdist_group("test_check_presentation")  # its module fixture is built once, on one xdist worker
 
 
 class LayerNorm(nn.Module):
