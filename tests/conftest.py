@@ -39,6 +39,17 @@ def real_gpt2_env(gpt2_hub, monkeypatch):
     return gpt2_hub
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models' ops on a busy 2-core machine: two threads fighting over them are far slower than one."""
+    import torch as t
+
+    threads = t.get_num_threads()
+    t.set_num_threads(1)
+    yield
+    t.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

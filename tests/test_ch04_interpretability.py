@@ -33,12 +33,8 @@ CATALOGUE = [(exercise, mistake) for exercise in EXERCISES for mistake in MISTAK
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The induction model's ops are tiny: on a busy 2-core machine, two threads fighting over them are far slower."""
-    threads = t.get_num_threads()
-    t.set_num_threads(1)
+def _one_thread(one_thread):  # every test here runs single-threaded (tests/conftest.py)
     yield
-    t.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

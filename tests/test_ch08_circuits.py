@@ -29,11 +29,8 @@ CATALOGUE = [(exercise, mistake) for exercise in EXERCISES for mistake in MISTAK
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = t.get_num_threads()
-    t.set_num_threads(1)
+def _one_thread(one_thread):  # every test here runs single-threaded (tests/conftest.py)
     yield
-    t.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------- what the chapter relies on
