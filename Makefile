@@ -35,10 +35,10 @@ lab: $(STAMP)
 
 # Two pytest workers (pytest-xdist) keep both cores busy while notebooks wait on their kernels; each worker and
 # its kernels use one thread (tests/conftest.py). Tests that share an expensive fixture (the executed solutions,
-# a graded class) are grouped onto one worker. TEST_WORKERS=0 runs everything in one process.
+# a graded class) are grouped onto one worker, and the two longest groups start first (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) $(PYTEST_ARGS)
 
 build: $(STAMP)
 	$(PY) -m utils.build

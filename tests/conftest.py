@@ -92,3 +92,19 @@ def executed_solution():
         return cache[path]
 
     return get
+
+
+# The longest groups start first, one per worker, so the rest fills in around them rather than leaving one
+# worker alone at the end: grading a class (~12 min) and the executed solutions. The Makefile passes
+# `--no-loadscope-reorder` so xdist keeps this order instead of sorting groups by their number of tests.
+LONGEST_FIRST = ("test_grading", "offline-solutions")
+
+
+def _group(item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return (marker.args[0] if marker.args else marker.kwargs.get("name")) if marker else None
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: the rest keep their order

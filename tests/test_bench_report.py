@@ -141,3 +141,24 @@ def test_per_checker_table_shows_both_sizes_warm_and_first_call(table):
                                                   "GPT-2 size warm", "GPT-2 size first call"]
     assert _cells(_line(table, "| `ex_2_1`")) == ["`ex_2_1`", "02_components", "12 ms ✓", "0.05 s ✓", "400 ms ✓", "3.50 s ✗"]
     assert _cells(_line(table, "| `ex_3_4`")) == ["`ex_3_4`", "03_assembly", "750 ms ✗", "0.90 s ✓", "1250 ms ✓", "2.00 s ✓"]
+
+
+def _grading_report(**changes) -> dict:
+    report = {"chapters": ["01_foundations", "02_components"], "students": 3, "submissions": 6, "workers": 2,
+              "release_s": 4.0, "autograde_s": 30.0, "per_submission_wall_s": 5.0,
+              "per_submission_s": {"median": 9.5, "min": 8.0, "max": 11.0}, "sequential_sample": 2,
+              "sequential_per_submission_s": 9.0, "sequential_estimate_s": 54.0, "speedup": 1.8,
+              "not_graded": [], "wrong_scores": [], "differ_from_sequential": []}
+    return {**report, **changes}
+
+
+def test_grading_table_states_the_class_the_speedup_and_the_checks():
+    from utils.grading.bench import markdown as grading_markdown
+
+    table = grading_markdown(_grading_report(), "2026-12-03 16:00")
+    assert "3 submissions × 2 chapters = 6" in table and "| speed-up | 1.80× |" in table
+    assert "30 s (5.00 s per submission" in table and "measured on 2 of them → 1 min" in table
+    assert "| every submission scored as submitted | yes |" in table
+    bad = grading_markdown(_grading_report(wrong_scores=["02_components/student01"],
+                                           differ_from_sequential=["02_components/student02"]), "now")
+    assert "no: 1 wrong, 0 not graded" in bad and "no: 02_components/student02" in bad

@@ -340,6 +340,37 @@ def test_attention_blames_its_causal_mask():
         CHECKERS["attention"](AttentionWithBadMask)
 
 
+def test_an_in_place_mask_fails_its_own_check_but_not_attention(capsys):
+    """Its values are right and Attention's scores are its own intermediate: checks.causal_mask reports the rule,
+    checks.attention passes with a note instead of being blocked."""
+    from utils.checks.mistakes_ch02 import CAUSAL_MASK_MISTAKES
+    in_place = next(m.impl for m in CAUSAL_MASK_MISTAKES if m.name == "in_place")
+    with pytest.raises(AssertionError, match=r"modified its input attn_scores in place"):
+        CHECKERS["causal_mask"](in_place)
+    CHECKERS["attention"](in_place)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("✓") and "modifies its input in place" in line and "checks.causal_mask" in line
+
+
+class MaskFloat64(ref.Attention):
+    def apply_causal_mask(self, attn_scores):
+        future = t.ones(attn_scores.shape[-2:], dtype=t.bool).triu(1)
+        return attn_scores.double().masked_fill(future, float("-inf"))
+
+
+class MaskBool(ref.Attention):
+    def apply_causal_mask(self, attn_scores):
+        return t.ones(attn_scores.shape[-2:], dtype=t.bool).tril().expand(attn_scores.shape)
+
+
+def test_causal_mask_follows_the_dtype_policy(capfd):
+    """float64 is accepted as everywhere else; a boolean mask instead of masked scores is told why not."""
+    CHECKERS["causal_mask"](MaskFloat64)
+    assert capfd.readouterr().out.startswith("✓")
+    with pytest.raises(AssertionError, match=r"output dtype bool .*expected floating-point values \(float32; float64 is accepted"):
+        CHECKERS["causal_mask"](MaskBool)
+
+
 def test_causal_mask_needs_no_forward():
     CHECKERS["causal_mask"](STUBS["attention"])
 

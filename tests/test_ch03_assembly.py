@@ -522,6 +522,27 @@ def test_replaced_parameters_are_named():
         CHECKERS["init_weights"](replaced, _OwnModel)
 
 
+class _Float64Logits(ref.EducationalTransformer):
+    def forward(self, tokens):
+        return super().forward(tokens).double()
+
+
+def _gen_int32(model, tokens, max_new_tokens):
+    return _gen_list(model, tokens, max_new_tokens).int()
+
+
+@pytest.mark.parametrize("exercise, impl", [("transformer", _Float64Logits), ("greedy_generate", _gen_int32)])
+def test_dtype_policy_accepts_float64_logits_and_int32_ids(exercise, impl, capfd):
+    CHECKERS[exercise](impl)
+    out = capfd.readouterr().out
+    assert out.startswith("✓"), out
+
+
+def test_float_token_ids_are_rejected_as_ids():
+    with pytest.raises(AssertionError, match=r"token ids are integer tensors \(torch.int64, int32 accepted\)"):
+        CHECKERS["greedy_generate"](lambda model, tokens, n: _gen_list(model, tokens, n).float())
+
+
 def test_loader_that_returns_nothing_is_named():
     with pytest.raises(AssertionError, match=re.escape("load_gpt2_weights returned None")):
         CHECKERS["load_weights"](next(m.impl for m in LOAD_MISTAKES if m.name == "model_not_returned"))

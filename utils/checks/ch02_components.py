@@ -28,9 +28,12 @@ from utils.checks.core import (
     checker,
     construct,
     describe,
+    dtype_problem,
     fail,
+    input_modified,
     load_params,
     passed,
+    uses_passing,
 )
 from utils.checks.mistakes_ch02 import (
     ATTENTION_MISTAKES,
@@ -360,7 +363,7 @@ def _check_causal_mask(Attention: type) -> int:
     for label, cfg, scores in cases:
         out, given = _apply_mask(Attention, cfg, scores, "Attention", label, names=_names(ref.Attention))
         if not t.equal(given, scores):
-            fail(f"{what} modified its input attn_scores in place: {MASK_IN_PLACE_HINT}")
+            input_modified(f"{what} modified its input attn_scores in place: {MASK_IN_PLACE_HINT}")
 
         def named() -> str:
             for mistake in CAUSAL_MASK_MISTAKES:
@@ -377,8 +380,9 @@ def _check_causal_mask(Attention: type) -> int:
             fail(f"{what}: returned {describe(out)} on {label}, expected a Tensor of shape {tuple(scores.shape)}.")
         if out.shape != scores.shape:
             fail(f"{what}: output shape {tuple(out.shape)} on {label}, expected {tuple(scores.shape)}." + named())
-        if out.dtype != scores.dtype:
-            fail(f"{what}: output dtype {out.dtype} on {label}, expected {scores.dtype}.")
+        if problem := dtype_problem(out, scores):
+            fail(f"{what}: output dtype {str(out.dtype).replace('torch.', '')} on {label}, {problem}.")
+        out = out.to(scores.dtype)  # float64 accepted (the course's dtype policy): the kept scores are float32 values
         if t.isnan(out).any():
             fail(f"{what}: output has NaN values on {label}." + named())
         future = _future(scores)
@@ -433,17 +437,9 @@ def _residual_cases(Cls: type, prefix: str, hook: str, seed: int, scale: float =
 
 
 def _uses_passing(Cls: type, check, what: str, parent: str, exercise: str) -> None:
-    """Run another exercise's check quietly on a sub-component, so a failure is reported where it belongs."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            check(Cls)
-    except NotImplementedYet as exc:
-        raise NotImplementedYet(
-            f"{parent} uses your {what}, which is not implemented yet: finish it until checks.{exercise} passes."
-        ) from exc
-    except AssertionError as exc:
-        first = str(exc).splitlines()[0]
-        fail(f"{parent} uses your {what}, which does not pass checks.{exercise} yet: {first}")
+    """Another exercise's check, run quietly on a sub-component, so a failure is reported where it belongs
+    (`core.uses_passing`: a part whose only fault is modifying its input in place does not block `parent`)."""
+    uses_passing(Cls, check, what, parent, exercise)
 
 
 def _check_attention(Attention: type, gpt2_case: bool = True) -> int:

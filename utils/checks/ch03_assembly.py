@@ -22,8 +22,9 @@ from utils.checks.ch03_reference import (
 )
 from utils.checks.core import (
     Mistake, NotImplementedYet, assert_matches, assert_unchanged, call_learner, check_names, close, construct,
-    checker, describe, diff_report, fail, load_params, passed,
+    checker, describe, diff_report, dtype_problem, fail, load_params, passed,
 )
+from utils.checks.ids import id_dtype_problem
 from utils.checks.mistakes_ch03 import (
     GREEDY_MISTAKES, HOOKS_MISTAKES, LOSS_MISTAKES, TRANSFORMER_MISTAKES,
 )
@@ -70,14 +71,15 @@ def _mistake_probe_outcomes() -> dict[str, Tensor | Exception]:
 
 def _logits_problem(out, expected: Tensor) -> str:
     """'' when `out` is the expected logits, else what is wrong with them."""
-    if isinstance(out, Tensor) and out.shape == expected.shape and out.dtype == expected.dtype and close(out, expected):
-        return ""
     if not isinstance(out, Tensor):
         return f"returned {describe(out)}, expected logits of shape {tuple(expected.shape)}"
     if out.shape != expected.shape:
         return f"output shape {tuple(out.shape)}, expected {tuple(expected.shape)}"
-    if out.dtype != expected.dtype:
-        return f"output dtype {out.dtype}, expected {expected.dtype}"
+    if problem := dtype_problem(out, expected):
+        return f"output dtype {str(out.dtype).replace('torch.', '')}, {problem}"
+    out = out.to(expected.dtype)  # float64 accepted, compared at the reference's precision
+    if close(out, expected):
+        return ""
     return f"logits differ from the reference's, {diff_report(out, expected)}{rows_note(out, expected)}"
 
 
@@ -327,7 +329,8 @@ def greedy_generate(greedy_generate_fn) -> None:
         except AssertionError as exc:
             fail(f"{exc}{named_mistake(GREEDY_MISTAKES, exc.__cause__, lambda m: replay(m.impl, model, prompt.clone(), n_new))}")
         assert_unchanged([prompt], [inputs], what, ["tokens"])
-        if isinstance(out, Tensor) and out.shape == expected.shape and out.dtype == t.long and t.equal(out, expected):
+        if isinstance(out, Tensor) and out.shape == expected.shape and not id_dtype_problem(out, what) \
+                and t.equal(out, expected):
             continue  # the catalogued mistakes replay (each a generation of its own) only for a wrong answer
         named = named_mistake(GREEDY_MISTAKES, out if isinstance(out, Tensor) else None,
                               lambda m: replay(m.impl, model, prompt.clone(), n_new))
@@ -337,8 +340,8 @@ def greedy_generate(greedy_generate_fn) -> None:
             named = named or next((f" This matches a known mistake, {m.name.replace('_', ' ')}: {m.hint}" for m in GREEDY_MISTAKES
                                    if isinstance(o := replay(m.impl, model, prompt.clone(), n_new), Tensor) and o.shape == out.shape), "")
             fail(f"{what}: returned shape {tuple(out.shape)} on {label}, expected {tuple(expected.shape)}.{named}")
-        if out.dtype != t.long:
-            fail(f"{what}: returned dtype {out.dtype} on {label}, expected torch.int64 token ids.")
+        if problem := id_dtype_problem(out, what, f" on {label}"):
+            fail(problem)
         row, pos = (int(i) for i in (out != expected).nonzero()[0])
         fail(f"{what}: token {pos} of row {row} is {out[row, pos].item()}, the reference's greedy choice is "
              f"{expected[row, pos].item()} on {label}.{named or ' Take argmax(dim=-1) of the last position and feed the extended sequence back in.'}")

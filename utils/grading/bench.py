@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,28 @@ def class_of(course: Course, chapter: str, n: int) -> dict[str, set[str]]:
     return expected
 
 
+def markdown(report: dict, when: str) -> str:
+    """The class-scale figures as the README's table (`grading.md` beside the JSON)."""
+    n, seq = report["submissions"], report["sequential_sample"]
+    ok = "yes" if not report["wrong_scores"] and not report["not_graded"] else (
+        f"no: {len(report['wrong_scores'])} wrong, {len(report['not_graded'])} not graded")
+    same = "yes" if not report["differ_from_sequential"] else f"no: {', '.join(report['differ_from_sequential'])}"
+    rows = [
+        ("class", f"{report['students']} submissions × {len(report['chapters'])} chapters = {n} (a third full, "
+                  "a third untouched, a third half done)"),
+        (f"parallel autograde, {report['workers']} sandboxed workers", f"{report['autograde_s']:.0f} s "
+                  f"({report['per_submission_wall_s']:.2f} s per submission; each one "
+                  f"{report['per_submission_s']['median']:.1f} s median)"),
+        ("sequential, one worker", f"{report['sequential_per_submission_s']:.2f} s per submission, measured on "
+                  f"{seq} of them → {report['sequential_estimate_s'] / 60:.0f} min for the class"),
+        ("speed-up", f"{report['speedup']:.2f}×"),
+        ("every submission scored as submitted", ok),
+        ("sequential scores identical to the parallel run's", same),
+    ]
+    return "\n".join([f"Measured {when}.", "", "| figure | value |", "|---|---|",
+                       *(f"| {a} | {b} |" for a, b in rows)]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.grading.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--chapters", nargs="+", default=None, help="default: every chapter")
@@ -66,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "grading.json")
     opts = parser.parse_args(argv)
     wanted = opts.chapters or chapters()
+    load_at_start = os.getloadavg()[0]
     if sandbox_enabled():
         try:
             require_sandbox()  # one line now, not 210 submissions that each fail for the same reason
@@ -102,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    when = f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, load average {load_at_start:.1f} at the start"
+    opts.out.with_suffix(".md").write_text(markdown(report, when))
     print(json.dumps(report, indent=2))
     return 0 if not report["not_graded"] and not wrong and not differ else 1
 
