@@ -385,13 +385,17 @@ def test_scan_accepts_honest_code(source):
 
 
 # Cheats the scan does NOT catch; docs/instructors.md lists them. If one starts being caught, move it to
-# test_scan_flags and update the docs: they must not promise more, or less, than the scan does.
+# test_scan_flags and update the docs: they must not promise more, or less, than the scan does. They matter
+# only in the chapters judged in the learner's process (03 to 07): in chapters 01 and 02 the verdict is the
+# grader's own (utils/grading/trusted.py), and the corpus's `lying_tensor_subclass` and
+# `patched_tensor_all_unscanned` prove that two of them score 0 there (test_cheats_the_scan_misses_...).
 KNOWN_GAPS = [
     "class LayerNorm(nn.Module):\n    def __init__(self, cfg):\n        super().__init__()\n"
     "        self.inner = gpt2.ln_final\n    def forward(self, x):\n        return self.inner(x)",
     "LN = type(reference_gpt2().ln_final)",
     "from utils import notebook\nm = notebook.importlib",
     "op = getattr(t, 'Tensor')\nop.all = lambda self, *args: True",
+    "_Base = getattr(t, 'Tensor')\nclass Liar(_Base):\n    def all(self, *args):\n        return True",
     "import pickle\nf = pickle.loads(b'...')",
 ]
 
@@ -399,6 +403,17 @@ KNOWN_GAPS = [
 @pytest.mark.parametrize("source", KNOWN_GAPS)
 def test_scan_known_gaps_are_the_documented_ones(source):
     assert _scan(source) == []
+
+
+def test_cheats_the_scan_misses_are_in_the_corpus_for_a_chapter_judged_outside():
+    from tests.grading_corpus import LYING_TENSOR, PATCHED_TENSOR_ALL
+    from utils.grading.boundary import covered
+
+    assert covered(HOSTILE_CHAPTER)
+    for cheat in (LYING_TENSOR, PATCHED_TENSOR_ALL):
+        assert _scan(cheat) == []  # the scan misses it; the corpus expects 0 for the exercise it cheats on
+    names = set(corpus_case_names())
+    assert {"lying_tensor_subclass", "patched_tensor_all_unscanned", "swapped_checks_registry"} <= names
 
 
 def test_scan_ignores_given_code_from_the_release():

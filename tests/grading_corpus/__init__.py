@@ -109,6 +109,58 @@ def _first_and_after(layout: Layout) -> set[str]:
     return set(layout.points)
 
 
+def _first(layout: Layout) -> set[str]:
+    return set(layout.first()[1])
+
+
+# Cheats the static scan does not catch (an alias taken through a call): judged in the learner's process they
+# passed; judged outside (chapters 01 and 02, utils/grading/trusted.py), the wrong numbers score 0.
+LYING_TENSOR = """
+
+_Base = getattr(t, "Tensor")
+
+
+class _Liar(_Base):
+    def all(self, *args, **kwargs):
+        return True
+
+    def __eq__(self, other):
+        return True
+
+    def __bool__(self):
+        return True
+"""
+PATCHED_TENSOR_ALL = """
+_op = getattr(t, "Tensor")
+_op.all = lambda self, *args, **kwargs: True
+"""
+SWAPPED_CHECKS = """
+import sys, types
+_fake = types.ModuleType("utils.checks")
+_fake.__getattr__ = lambda name: (lambda *args, **kwargs: print("✓ passed"))
+sys.modules["utils.checks"] = _fake
+checks = _fake
+"""
+
+
+def hostile_to_checkers() -> list[Case]:
+    """The cheats that faked a pass inside the learner's process; scored 0 wherever they change a result."""
+
+    def first_cls(layout):
+        return class_name(layout.solution.cells[layout.first()[0]].source)
+
+    return [
+        Case("lying_tensor_subclass",  # a Tensor subclass whose all(), == and bool() say yes to everything
+             lambda L: edit_solution(L.solution, L.first()[0], lambda s: s + LYING_TENSOR + wrap_forward(
+                 first_cls(L), "return (0 * _original(self, *args, **kwargs)).as_subclass(_Liar)")), _first),
+        Case("patched_tensor_all_unscanned",  # Tensor.all patched through an alias the scan cannot follow
+             lambda L: edit_solution(L.solution, L.first()[0], lambda s: s + PATCHED_TENSOR_ALL + wrap_forward(
+                 first_cls(L), "return 0 * _original(self, *args, **kwargs)")), _first),
+        Case("swapped_checks_registry",  # sys.modules['utils.checks'] replaced by a module that prints ✓
+             lambda L: edit_solution(L.release, L.first()[0], lambda s: s + SWAPPED_CHECKS), _all),
+    ]
+
+
 def damage_outside(paths: dict[str, str]) -> str:
     """A cell that tries to delete and overwrite everything it should not reach; it reports, never raises."""
     return f'''import os, shutil, glob
@@ -203,6 +255,7 @@ def corpus(paths_outside: dict[str, str], paths_secret: dict[str, str]) -> list[
              lambda L: edit_solution(L.solution, L.last()[0], lambda s: "import os\nos._exit(1)\n" + s), _last),
         Case("frame_inspection",
              lambda L: edit_solution(L.solution, L.last()[0], lambda s: "import inspect\n" + s), _last),
+        *hostile_to_checkers(),
     ]
 
 

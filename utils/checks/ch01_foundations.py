@@ -324,6 +324,8 @@ def _one_head(seed: int, d_model: int, causal: bool, positions: Tensor | None = 
         q, k, v = (x[:, None] @ W for W in (W_Q, W_K, W_V))
         return sign * ref.sdp_attention(q, k, v, causal=causal)[:, 0]
 
+    # the same function as data, for grading outside the learner's process (utils/grading/trusted.py)
+    attend.probe_spec = {"W_Q": W_Q, "W_K": W_K, "W_V": W_V, "positions": positions, "causal": causal, "sign": sign}
     return attend
 
 

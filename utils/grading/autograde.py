@@ -31,6 +31,7 @@ from pathlib import Path
 import nbformat
 import nbformat.reader
 
+from utils.grading.boundary import IN_PROCESS, OUTSIDE, covered, ensure_package, ensure_plans
 from utils.grading.integrity import INTEGRITY_TAG
 from utils.grading.normalise import REPAIR_TAG
 
@@ -81,7 +82,8 @@ class AutogradeRun:
             failed = [o for o in mine if not o.graded]
             lines.append(f"{chapter}: {len(mine) - len(failed)} of {len(mine)} submissions graded"
                          + (f", {len(failed)} NOT GRADED" if failed else "")
-                         + f"; {sum(o.seconds for o in mine) / max(len(mine), 1):.1f} s each")
+                         + f"; {sum(o.seconds for o in mine) / max(len(mine), 1):.1f} s each; "
+                         + (OUTSIDE if covered(chapter) else IN_PROCESS))
             lines += [f"  NOT GRADED {o.student}: {o.cause}" for o in failed]
             lines += [f"  repaired {o.student}: {r}" for o in mine for r in o.repairs]
             lines += [f"  integrity {o.student}: {r}" for o in mine for r in o.integrity[:1]]
@@ -225,6 +227,9 @@ def autograde(jobs: list[tuple[Path, str, str]], workers: int | None = None, *, 
     """Grade every (course root, chapter, student) job, `workers` at a time; `progress(outcome)` per result."""
     workers = max(1, workers or default_workers())
     lock = threading.Lock()
+    for chapter in sorted({chapter for _, chapter, _ in jobs if covered(chapter)}):
+        ensure_plans(chapter)  # once, before the workers start (each would otherwise record its own)
+        ensure_package()
 
     def one(job):
         root, chapter, student = job

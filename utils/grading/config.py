@@ -49,6 +49,7 @@ def configure(c, root: str | Path | None = None, source_dir: str | Path | None =
                                         IgnorePattern, LimitOutput, OverwriteCells, OverwriteKernelspec,
                                         SaveAutoGrades)
 
+    from utils.grading.boundary import TrustedJudge
     from utils.grading.execute import SafeExecute
     from utils.grading.integrity import FlagIntegrity, QuietGradeCells
     from utils.grading.normalise import NormaliseSubmission
@@ -79,6 +80,7 @@ def configure(c, root: str | Path | None = None, source_dir: str | Path | None =
     c.Autograde.autograde_preprocessors = [
         SafeExecute,  # sandboxed kernel, notebook time limit, output cap, survives a dead kernel
         QuietGradeCells,  # stderr warnings in a passing test cell are not a failure
+        TrustedJudge,  # chapters 01 and 02: each test cell's verdict comes from the checker run here
         FlagIntegrity,  # reference imports and tampering zero the exercises after them
         IgnorePattern,
         ClearMetadataPreprocessor,

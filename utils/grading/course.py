@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.grading.boundary import IN_PROCESS, covered
 from utils.grading.autograde import STATUS_DIR, STUDENT_ID, AutogradeRun, Outcome, autograde, read_status
 from utils.grading.collect import Collection, find_submissions
 from utils.grading.config import REPO, chapters
@@ -173,6 +174,8 @@ def add_status(csv_path: Path, status: dict[tuple[str, str], Outcome]) -> None:
         elif outcome.graded:
             row["grading"] = "graded" + (f" after {len(outcome.repairs)} repair(s): " + "; ".join(outcome.repairs)
                                          if outcome.repairs else "")
+            if not covered(row["assignment"]):  # honest about what the score rests on
+                row["grading"] += f"; {IN_PROCESS}"
         else:
             row["grading"] = f"NOT GRADED: {outcome.cause}"
             row.update({k: "" for k in SCORE_COLUMNS})

@@ -8,6 +8,7 @@ from the one that killed the kernel onwards gets an error output, so it scores 0
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import defaultdict
 
@@ -16,13 +17,27 @@ from jupyter_core.utils import run_sync
 from nbclient.exceptions import DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
+from nbgrader.utils import is_grade
 from traitlets import Integer
 
+from utils.grading import boundary
 from utils.grading.sandbox import SandboxedKernelManager, require_sandbox, sandbox_enabled
 
 
 def error_output(ename: str, message: str) -> NotebookNode:
     return NotebookNode(output_type="error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"])
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """The unsandboxed kernel (TFS_SANDBOX=off), given the probe package and its folders when the chapter is
+    judged outside (boundary.py); not protected, like everything unsandboxed."""
+
+    async def _async_pre_start_kernel(self, **kw):
+        cmd, kw = await super()._async_pre_start_kernel(**kw)
+        probe = boundary.current()
+        if probe is not None:
+            kw["env"] = {**kw.get("env", os.environ), **probe.kernel_env(str(probe.plans), str(probe.out), str(probe.package))}
+        return cmd, kw
 
 
 class SafeExecute(Execute):
@@ -40,7 +55,7 @@ class SafeExecute(Execute):
             require_sandbox()
             kwargs["kernel_manager_class"] = SandboxedKernelManager
         else:
-            kwargs["kernel_manager_class"] = AsyncKernelManager
+            kwargs["kernel_manager_class"] = LocalKernelManager
         super().__init__(*args, **kwargs)
         self._reset()
 
@@ -52,7 +67,12 @@ class SafeExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._reset()
-        return super().preprocess(nb, resources, km=km)
+        chapter = (resources or {}).get("nbgrader", {}).get("assignment", "")
+        with boundary.session(chapter) as probe:
+            self._probe = probe
+            if probe is not None:
+                resources["tfs_probe"] = probe  # for TrustedJudge, which judges what the test cells wrote
+            return super().preprocess(nb, resources, km=km)
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         if cell.cell_type != "code" or not cell.source.strip():
@@ -67,6 +87,9 @@ class SafeExecute(Execute):
             return cell
         cell_timeout = self.timeout
         self.timeout = max(1, math.ceil(min(cell_timeout or remaining, remaining)))
+        probe = getattr(self, "_probe", None) if is_grade(cell) else None
+        if probe is not None:
+            probe.clear()  # results are the test cell's own: nothing an earlier cell wrote
         try:
             return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         except DeadKernelError:
@@ -77,6 +100,8 @@ class SafeExecute(Execute):
             return cell
         finally:
             self.timeout = cell_timeout
+            if probe is not None:
+                probe.collect(cell_index)
 
     # nbclient binds its synchronous wrapper to its own coroutine; nbconvert calls the wrapper
     execute_cell = run_sync(async_execute_cell)

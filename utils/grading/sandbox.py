@@ -33,6 +33,7 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 
 import utils
+from utils.grading import boundary
 
 SANDBOX_UID = 61000  # no account of that number exists on a normal system: it owns nothing here
 HOME = "/home/student"
@@ -115,16 +116,17 @@ def _link_dirs(path: Path) -> set[Path]:
     return dirs
 
 
-def _readonly_roots() -> list[Path]:
-    """Directories bound read-only: the Python installation, the venv and the course package, nothing else."""
-    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package_dir(),
+def _readonly_roots(package: Path | None = None) -> list[Path]:
+    """Directories bound read-only: the Python installation, the venv and the course package, nothing else.
+    `package` replaces the course package (a chapter judged outside the sandbox gets the probe package)."""
+    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package or package_dir(),
              *_link_dirs(kernel_python())}
     roots = {r for r in roots if not str(r).startswith("/usr/") and r != Path("/usr")}
     # a root inside another root needs no bind of its own (the venv may hold an installed `utils`)
     return sorted(r for r in roots if not any(o != r and o in r.parents for o in roots))
 
 
-def sandbox_env(limits: Limits) -> dict[str, str]:
+def sandbox_env(limits: Limits, probe=None) -> dict[str, str]:
     venv_bin = str(kernel_python().parent)
     threads = str(limits.threads)
     return {
@@ -148,12 +150,16 @@ def sandbox_env(limits: Limits) -> dict[str, str]:
         "NBGRADER_EXECUTION": "autograde",
         # demo cells (chapter 05's training run) shrink to their test size: a grade needs the checks, not the demo
         "TFS_FAST": os.environ.get("TFS_GRADING_FAST", "1"),
+        # a chapter judged outside (utils/grading/boundary.py): the probe package, its plans, where it writes
+        **(probe.kernel_env(str(probe.plans), str(probe.out), str(probe.package)) if probe is not None else {}),
     }
 
 
-def sandbox_command(kernel_argv: list[str], *, rundir: Path, limits: Limits) -> list[str]:
+def sandbox_command(kernel_argv: list[str], *, rundir: Path, limits: Limits, probe=None) -> list[str]:
     """The full command that runs `kernel_argv` sandboxed. `rundir/ipc` holds the connection file and the
-    sockets (writable by the kernel); `rundir/files` the submission's non-notebook files (copied in)."""
+    sockets (writable by the kernel); `rundir/files` the submission's non-notebook files (copied in).
+    With a `probe` session (boundary.py), the probe package replaces the course package, its plans are
+    bound read-only and its results folder writable."""
     tmp_bytes = str(limits.tmp_mb * 2**20)
     cmd = [
         "prlimit", f"--cpu={limits.cpu_s}", f"--as={limits.memory_mb * 2**20}",
@@ -176,7 +182,10 @@ def sandbox_command(kernel_argv: list[str], *, rundir: Path, limits: Limits) -> 
             "--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/tmp",
             "--perms", "1777", "--size", tmp_bytes, "--tmpfs", HOME]
     made: set[Path] = set()
-    binds = [(root, "--ro-bind") for root in _readonly_roots()] + [(rundir / "ipc", "--bind")]
+    package = probe.package / "utils" if probe is not None else None
+    binds = [(root, "--ro-bind") for root in _readonly_roots(package)] + [(rundir / "ipc", "--bind")]
+    if probe is not None:
+        binds += [(probe.plans, "--ro-bind"), (probe.out, "--bind")]
     for path, how in binds:
         for parent in _parents(path):
             if parent not in made and parent not in (Path("/usr"), Path("/tmp")):
@@ -184,7 +193,7 @@ def sandbox_command(kernel_argv: list[str], *, rundir: Path, limits: Limits) -> 
                 made.add(parent)
         cmd += [how, str(path), str(path)]
     cmd += ["--ro-bind", str(rundir / "files"), SUBMISSION]
-    for key, value in sandbox_env(limits).items():
+    for key, value in sandbox_env(limits, probe).items():
         cmd += ["--setenv", key, value]
     cmd += ["--chdir", HOME]
     if os.geteuid() == 0:
@@ -248,7 +257,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         copy_submission_files(self._workdir or Path.cwd(), self._rundir / "files")
         if os.geteuid() == 0 and os.path.exists(self.connection_file):
             os.chown(self.connection_file, SANDBOX_UID, SANDBOX_UID)
-        cmd = sandbox_command(argv, rundir=self._rundir, limits=self.limits)
+        cmd = sandbox_command(argv, rundir=self._rundir, limits=self.limits, probe=boundary.current())
         if os.geteuid() != 0:
             at = cmd.index("bwrap") + 1
             cmd[at:at] = unprivileged_flags()

@@ -1,0 +1,204 @@
+"""`utils.checks` inside the grading sandbox: runs the learner's code on a probe plan and writes what it returned.
+
+This file is copied into the sandbox's course package as `utils/checks/__init__.py` (beside `_wire.py`, a
+copy of utils/grading/wire.py), in place of the real checkers. The sandbox holds no reference solution, no
+mistake catalogue and no expected value: only the plans in $TFS_PROBE_PLAN, which say what to call with
+which inputs. `checks.layer_norm(LayerNorm)` builds `LayerNorm` with each recorded config, loads each
+recorded set of parameters, calls it on each recorded input and writes the results (tensors as plain
+numbers, exceptions as type and message) to $TFS_PROBE_OUT/layer_norm. The grader judges them outside
+(utils/grading/trusted.py); what this module prints is replaced by the grader's verdict.
+
+Nothing here decides a score, so nothing here needs to be protected from the learner's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch as t
+from torch import nn
+
+from . import _wire as wire
+
+PLAN = Path(os.environ.get("TFS_PROBE_PLAN", "/probe/plan"))
+OUT = Path(os.environ.get("TFS_PROBE_OUT", "/probe/out"))
+
+
+@functools.cache
+def _index() -> dict:
+    try:
+        return json.loads((PLAN / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def __getattr__(name: str):
+    if name in _index():
+        return functools.partial(_run, name)
+    raise AttributeError(f"utils.checks has no checker {name!r} in this grading run")
+
+
+@functools.cache
+def _config_class(names: tuple[str, ...]):
+    return dataclasses.make_dataclass("Config", list(names))
+
+
+def _attend(spec: dict):
+    """The fixed single-head attention a recorded call passes (built from its matrices with torch's own
+    scaled_dot_product_attention)."""
+    W_Q, W_K, W_V, positions = spec["W_Q"], spec["W_K"], spec["W_V"], spec.get("positions")
+    causal, sign = bool(spec["causal"]), float(spec["sign"])
+
+    def attend(x):
+        if positions is not None:
+            x = x + positions[: x.shape[1]]
+        q, k, v = (x[:, None] @ W for W in (W_Q, W_K, W_V))
+        return sign * t.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)[:, 0]
+
+    return attend
+
+
+class _Decoder:
+    """Rebuilds a recorded argument; remembers which plan tensor became which fresh tensor."""
+
+    def __init__(self, tensors: dict) -> None:
+        self.tensors, self.made = tensors, {}
+
+    def __call__(self, doc):
+        if isinstance(doc, list):
+            return [self(item) for item in doc]
+        if not isinstance(doc, dict):
+            return doc
+        if "$t" in doc:
+            x = self.tensors[doc["$t"]].clone()
+            self.made[doc["$t"]] = x
+            return x
+        if "$seq" in doc:
+            items = [self(item) for item in doc["items"]]
+            return tuple(items) if doc["$seq"] == "tuple" else items
+        if "$dict" in doc:
+            return {k: self(v) for k, v in doc["$dict"].items()}
+        if "$cfg" in doc:
+            fields = doc["$cfg"]
+            return _config_class(tuple(fields))(**fields)
+        if "$tokenizer" in doc:
+            from utils.tokenizer import gpt2_tokenizer
+
+            return gpt2_tokenizer()
+        if "$attend" in doc:
+            return _attend({k: self(v) for k, v in doc["$attend"].items()})
+        if "$cache" in doc:
+            from transformer_lens import ActivationCache
+
+            from utils.reference_model import reference_gpt2
+
+            return ActivationCache({k: self(v) for k, v in doc["$cache"].items()}, reference_gpt2())
+        raise ValueError(f"unknown recorded value {sorted(doc)[:3]}")
+
+
+def _raised(exc: BaseException) -> dict:
+    args = [a for a in exc.args if isinstance(a, (str, int, float))]
+    return {"type": type(exc).__name__, "message": str(exc)[:2000],
+            "args": args if len(args) == len(exc.args) else None}
+
+
+def _describe(value) -> str:
+    return type(value).__name__
+
+
+def _resolve(arg, target: list, cache: dict):
+    """The class at `target`: the argument itself, or the class of a sub-module of an instance of it."""
+    cls = arg
+    for step in target:
+        key = json.dumps(step, sort_keys=True) + repr(id(cls))
+        if key not in cache:
+            fields = step["cfg"]
+            cache[key] = type(getattr(cls(_config_class(tuple(fields))(**fields)), step["attr"]))
+        cls = cache[key]
+    return cls
+
+
+def _call(fn, ops: dict, decode: _Decoder, writer: wire.Writer) -> dict:
+    args, kwargs = decode(ops["args"])
+    before = {key: x.clone() for key, x in decode.made.items()}
+    with t.set_grad_enabled(bool(ops.get("grad"))):
+        out = fn(*args, **kwargs)
+    mutated = {}
+    for key, x in decode.made.items():
+        old = before[key]
+        if x.shape != old.shape or x.dtype != old.dtype or not t.equal(x, old):
+            mutated[key] = writer.tensor(x)
+    return {"out": wire.encode(out, writer), "mutated": mutated}
+
+
+def _trace(arg, trace: dict, tensors: dict, writer: wire.Writer, classes: dict) -> list:
+    results = []
+    module = None
+    for op in trace["ops"]:
+        decode = _Decoder(tensors)
+        try:
+            kind = op["op"]
+            if kind == "construct":
+                cls = _resolve(arg, trace["target"], classes)
+                (cfg,) = decode(op["args"])
+                module = cls(cfg)
+                state = [[k, list(v.shape), str(v.dtype)] for k, v in module.state_dict().items()]
+                try:
+                    names = [n for n in inspect.signature(module.forward).parameters]
+                except (TypeError, ValueError):
+                    names = []
+                results.append({"ok": {"state": state, "forward_args": names}})
+            elif kind == "load":
+                (given,) = decode(op["args"])
+                module.load_state_dict({**module.state_dict(), **given}, strict=op["strict"])
+                results.append({"ok": None})
+            elif kind == "eval":
+                module.eval()
+                results.append({"ok": None})
+            elif kind == "attr":
+                value = getattr(module, op["name"])
+                results.append({"ok": {"module": isinstance(value, nn.Module), "class": f"{id(type(value))}",
+                                       "name": type(value).__name__, "describe": _describe(value)}})
+            elif kind == "call":
+                fn = arg if module is None else (module if op["method"] == "forward" else getattr(module, op["method"]))
+                results.append({"ok": _call(fn, op, decode, writer)})
+            else:
+                break
+        except Exception as exc:  # the learner's code raised: the grader reports it as the checker would
+            results.append({"raised": _raised(exc)})
+            if op["op"] == "construct":
+                break
+    return results
+
+
+def _argument(arg) -> dict:
+    if isinstance(arg, type):
+        kind = "module_class" if issubclass(arg, nn.Module) else "class"
+    elif callable(arg):
+        kind = "function"
+    else:
+        kind = "other"
+    value = arg if isinstance(arg, (int, float, str)) else None
+    return {"kind": kind, "name": getattr(arg, "__name__", type(arg).__name__) if kind != "other" else _describe(arg),
+            "value": value}
+
+
+def _run(exercise: str, arg) -> None:
+    plan, tensors = wire.read(PLAN / exercise)
+    writer = wire.Writer()
+    results, classes = [], {}
+    with t.random.fork_rng(devices=[]), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        t.manual_seed(0)
+        for trace in plan["traces"]:
+            results.append(_trace(arg, trace, tensors, writer, classes))
+    writer.save(OUT / exercise, {"exercise": exercise, "argument": _argument(arg), "traces": results})
+    print(f"checks.{exercise}: your code ran on {len(results)} recorded inputs; the grader judges the results.")

@@ -1,0 +1,469 @@
+"""The trusted judge: every checker of a covered chapter runs in the grader's process, never in the learner's.
+
+Record (once per chapter and reference kind): each checker runs with a recording stand-in for the learner's
+class or function that answers every call with the reference's answer and writes the call down: which
+object (the class passed, or the class of one of its sub-modules), the config it was built with, the
+parameters loaded into it, the inputs of each forward call. That is the exercise's probe plan: data only
+(JSON and safetensors, wire.py).
+
+The sandbox's check stub (stub_checks.py) runs the learner's code on exactly those calls and writes back
+what it returned, as plain tensors.
+
+Replay: the same checker runs again, here, with a replay stand-in whose every call is answered from the
+learner's recorded results, matched by the call's content (object, config, parameters and inputs, through
+digests). So the checker computes the expected values, runs the mistake catalogue and words the message
+as it would in the learner's process, but it only ever sees numbers. A call the plan does not hold (the
+checker asked something the recording never did) raises `Unverifiable`, and the exercise scores 0.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import inspect
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch as t
+from torch import nn
+
+from utils.grading import wire
+
+
+class Unverifiable(BaseException):
+    """The learner's results do not answer a call the checker makes (a BaseException, so that no checker's
+    `except Exception` turns it into an ordinary failure message)."""
+
+
+class PlanError(RuntimeError):
+    """A checker did something the recording stand-in cannot write down as data."""
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+
+
+def special(x: Any) -> dict | None:
+    """The arguments checkers pass that are not tensors or scalars, encoded by what they are."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {"$cfg": {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}}
+    spec = getattr(x, "probe_spec", None)
+    if callable(x) and isinstance(spec, dict):
+        return {"$attend": spec}  # a fixed attention function (chapter 01's equivariance_error)
+    name = type(x).__name__
+    if name == "ActivationCache":
+        return {"$cache": dict(x.items())}
+    if name.endswith("TokenizerFast") or name.endswith("Tokenizer"):
+        return {"$tokenizer": "gpt2"}
+    return None
+
+
+def _encode(x: Any, writer: wire.Writer) -> Any:
+    def inner(value):
+        done = special(value)
+        if done is None:
+            return None
+        key, body = next(iter(done.items()))
+        if key == "$tokenizer":
+            return done
+        if key == "$cfg":
+            return {"$cfg": {k: v for k, v in body.items()}}
+        return {key: {k: wire.encode(v, writer, inner) for k, v in body.items()}}
+
+    encoded = wire.encode(x, writer, inner)
+    if "$opaque" in json.dumps(encoded):
+        raise PlanError(f"cannot write {type(x).__name__} down as data")
+    return encoded
+
+
+def digest(doc: Any, args: Any = ()) -> tuple[str, list[t.Tensor]]:
+    """The op `doc` with its tensors (`args`, encoded) replaced by digests; and those tensors, in order."""
+    prints = wire.Fingerprints()
+    return json.dumps([doc, _encode(args, prints)], sort_keys=True), prints.seen
+
+
+# ---------------------------------------------------------------------------------------------- recording
+
+
+class Recorder:
+    """The probe plan being written: one trace per object the checker builds (or per function call)."""
+
+    def __init__(self) -> None:
+        self.writer = wire.Writer()
+        self.traces: list[dict] = []
+        self.classes: dict[str, type] = {}
+
+    def trace(self, target: list) -> dict:
+        trace = {"target": target, "ops": [], "fps": [], "keys": []}
+        self.traces.append(trace)
+        return trace
+
+    def op(self, trace: dict, doc: dict, args: Any = ()) -> None:
+        start = len(self.writer.tensors)
+        encoded = _encode(args, self.writer)
+        trace["ops"].append({**doc, "args": encoded})
+        trace["fps"].append(digest(doc, args)[0])
+        trace["keys"].append([f"t{i}" for i in range(start, len(self.writer.tensors))])
+
+    def document(self, exercise: str, argument: str) -> dict:
+        return {"exercise": exercise, "argument": argument, "traces": self.traces}
+
+
+def _given(state: dict, sd: dict) -> dict:
+    """The entries of a state dict passed to load_state_dict that are not the module's own tensors."""
+    return {k: v for k, v in sd.items() if state.get(k) is not v}
+
+
+class _Recording(nn.Module):
+    """A learner class stand-in that runs the reference class and writes down every call."""
+
+    _rec: Recorder
+    _real_cls: type
+    _target: list
+
+    def __init__(self, cfg) -> None:  # noqa: D107 (nn.Module's own __init__ is skipped on purpose)
+        object.__setattr__(self, "_trace", self._rec.trace(self._target))
+        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "_state", {})
+        self._rec.op(self._trace, {"op": "construct"}, (cfg,))
+        object.__setattr__(self, "_real", self._real_cls(cfg))
+
+    def _op(self, doc: dict, args: Any = ()) -> None:
+        if self._trace is None:
+            raise PlanError(f"a checker used a sub-module of {self._real_cls.__name__} directly")
+        self._rec.op(self._trace, doc, args)
+
+    def state_dict(self, *args, **kwargs):
+        state = self._real.state_dict(*args, **kwargs)
+        object.__setattr__(self, "_state", dict(state))
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        self._op({"op": "load", "strict": strict}, (_given(self._state, state_dict),))
+        return self._real.load_state_dict(state_dict, strict=strict)
+
+    def eval(self):
+        self._op({"op": "eval"})
+        self._real.eval()
+        return self
+
+    def parameters(self, recurse: bool = True):
+        return self._real.parameters(recurse)
+
+    def buffers(self, recurse: bool = True):
+        return self._real.buffers(recurse)
+
+    @property
+    def forward(self):
+        return self._real.forward
+
+    def _call(self, method: str, args: tuple, kwargs: dict):
+        self._op({"op": "call", "method": method, "grad": t.is_grad_enabled()}, (args, kwargs))
+        return getattr(self._real, method)(*args, **kwargs) if method != "forward" else self._real(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self._call("forward", args, kwargs)
+
+    def apply_causal_mask(self, *args, **kwargs):
+        return self._call("apply_causal_mask", args, kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._real, name)
+        if not isinstance(value, nn.Module):
+            raise PlanError(f"a checker read {self._real_cls.__name__}.{name}, which is not a sub-module")
+        self._op({"op": "attr", "name": name})
+        target = [*self._target, {"cfg": dataclasses.asdict(self._cfg), "attr": name}]
+        cls = recording_class(self._rec, type(value), target)
+        view = cls.__new__(cls)
+        for key, val in {"_trace": None, "_real": value, "_cfg": self._cfg, "_state": {}}.items():
+            object.__setattr__(view, key, val)
+        return view
+
+    def __setattr__(self, name, value):
+        raise PlanError(f"a checker set {name} on the learner's module")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(recording)"
+
+
+def recording_class(rec: Recorder, real_cls: type, target: list) -> type:
+    """One stand-in class per target path, so that sub-modules at different paths are different classes."""
+    key = json.dumps(target, sort_keys=True)
+    if key not in rec.classes:
+        rec.classes[key] = type(real_cls.__name__, (_Recording,), {"_rec": rec, "_real_cls": real_cls, "_target": target})
+    return rec.classes[key]
+
+
+class RecordingFunction:
+    def __init__(self, rec: Recorder, fn) -> None:
+        self._rec, self._fn = rec, fn
+        self.__name__ = getattr(fn, "__name__", "function")
+
+    def __call__(self, *args, **kwargs):
+        self._rec.op(self._rec.trace([]), {"op": "call", "method": "__call__", "grad": t.is_grad_enabled()},
+                     (args, kwargs))
+        return self._fn(*args, **kwargs)
+
+
+def record(exercise: str, checker, reference) -> tuple[dict, dict[str, t.Tensor]]:
+    """Run `checker` on a recording stand-in for `reference`: (plan document, its tensors)."""
+    rec = Recorder()
+    is_class = isinstance(reference, type)
+    stand_in = recording_class(rec, reference, []) if is_class else RecordingFunction(rec, reference)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            checker(stand_in)
+    except (AssertionError, NotImplementedError) as exc:
+        raise PlanError(f"the reference fails checks.{exercise} when recorded: {str(exc)[:300]}") from exc
+    return rec.document(exercise, "class" if is_class else "function"), rec.writer.tensors
+
+
+# ------------------------------------------------------------------------------------------------- replay
+
+
+def _rebuild(raised: Any) -> BaseException:
+    """The learner's exception, with its type name and message (builtin types are the builtin types)."""
+    if not isinstance(raised, dict):
+        return Unverifiable("the sandbox's report of an exception is unreadable")
+    name, message = str(raised.get("type", "Exception")), str(raised.get("message", ""))
+    args = raised.get("args")
+    base = getattr(builtins, name, None)
+    if isinstance(base, type) and issubclass(base, Exception):
+        try:
+            return base(*args) if isinstance(args, list) else base(message)
+        except Exception:  # an exception type whose constructor wants other arguments
+            return base(message)
+    return type(name, (Exception,), {"__str__": lambda self: message})()
+
+
+def _opaque(name: str) -> Any:
+    return type(str(name)[:100] or "object", (), {})()
+
+
+def decode(doc: Any, tensors: dict[str, t.Tensor]) -> Any:
+    """A value the sandbox returned, rebuilt from data: tensors, scalars, lists, tuples, dicts, else opaque."""
+    if isinstance(doc, wire.SCALARS):
+        return doc
+    if isinstance(doc, list):
+        return [decode(item, tensors) for item in doc]
+    if not isinstance(doc, dict):
+        return _opaque("object")
+    if "$t" in doc:
+        value = tensors.get(doc["$t"]) if isinstance(doc["$t"], str) else None
+        if value is None:
+            raise Unverifiable("the sandbox's results refer to a tensor they do not hold")
+        return value.clone()
+    if "$seq" in doc:
+        items = [decode(item, tensors) for item in doc.get("items", [])]
+        return tuple(items) if doc["$seq"] == "tuple" else items
+    if "$dict" in doc and isinstance(doc["$dict"], dict):
+        return {str(k): decode(v, tensors) for k, v in doc["$dict"].items()}
+    return _opaque(doc.get("$opaque", "object"))
+
+
+@dataclass
+class Replay:
+    """A plan and the learner's results for it: what the replay stand-ins answer from."""
+
+    plan: dict
+    results: dict
+    tensors: dict[str, t.Tensor]
+
+    def __post_init__(self) -> None:
+        self.classes: dict[str, type] = {}
+        self.traces = self.plan["traces"]
+        outcome = self.results.get("traces") if isinstance(self.results, dict) else None
+        self.outcome = outcome if isinstance(outcome, list) else []
+
+    def answer(self, candidates: list[int], fps: list[str], what: str) -> tuple[list[int], Any, int]:
+        """The recorded result of the latest op `fps[-1]` among the traces that match every op so far."""
+        k = len(fps) - 1
+        matching = [i for i in candidates if self.traces[i]["fps"][:k + 1] == fps]
+        if not matching:
+            raise Unverifiable(f"{what} was called on inputs the grader did not prepare")
+        i = matching[0]
+        ops = self.outcome[i] if i < len(self.outcome) and isinstance(self.outcome[i], list) else []
+        result = ops[k] if k < len(ops) and isinstance(ops[k], dict) else None
+        if result is None:
+            raise Unverifiable(f"{what} did not run to this point in the sandbox (a time limit, a crash, or a "
+                               "check that was not reached)")
+        if "raised" in result:
+            raise _rebuild(result["raised"])
+        return matching, result.get("ok"), i
+
+    def output(self, ok: Any, trace: int, k: int, tensors: list[t.Tensor]) -> Any:
+        """The call's returned value; inputs the learner's code changed in place are changed here too."""
+        if not isinstance(ok, dict):
+            raise Unverifiable("the sandbox's report of a call is unreadable")
+        keys = self.traces[trace]["keys"][k]
+        mutated = ok.get("mutated") or {}
+        if isinstance(mutated, dict):
+            for key, ref in mutated.items():
+                if key in keys and keys.index(key) < len(tensors):
+                    target, new = tensors[keys.index(key)], decode(ref, self.tensors)
+                    if isinstance(new, t.Tensor):
+                        with t.no_grad():
+                            try:
+                                target.copy_(new)
+                            except RuntimeError:  # a shape or dtype the learner's in-place code changed
+                                target.set_(new)
+        return decode(ok.get("out"), self.tensors)
+
+    def replay_class(self, target: list, name: str) -> type:
+        key = json.dumps(target, sort_keys=True)
+        if key not in self.classes:
+            self.classes[key] = type(name, (_Replayed,), {"_replay": self, "_target": target})
+        return self.classes[key]
+
+    def argument(self) -> Any:
+        arg = self.results.get("argument") if isinstance(self.results, dict) else None
+        if not isinstance(arg, dict):
+            raise Unverifiable("the check did not run in the sandbox, so nothing of your code was recorded")
+        kind, name = arg.get("kind"), str(arg.get("name", "object"))
+        if kind == "module_class" and self.plan["argument"] == "class":
+            return self.replay_class([], name)
+        if kind == "function" and self.plan["argument"] == "function":
+            return ReplayedFunction(self, name)
+        if kind == "module_class":
+            return type(name, (nn.Module,), {})
+        if kind == "class":
+            return type(name, (), {})
+        if kind == "function":
+            return lambda *args, **kwargs: None
+        value = arg.get("value")
+        return value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else _opaque(name)
+
+
+def _signature(names: Any):
+    params = [inspect.Parameter(str(n), inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names or []
+              if str(n).isidentifier()]
+
+    def forward(*args, **kwargs):
+        raise Unverifiable("a checker called forward directly")
+
+    forward.__signature__ = inspect.Signature(params)
+    return forward
+
+
+class _Replayed(nn.Module):
+    """A learner class stand-in whose every call is answered from the learner's recorded results."""
+
+    _replay: Replay
+    _target: list
+
+    def __init__(self, cfg) -> None:  # noqa: D107 (nn.Module's own __init__ is skipped on purpose)
+        replay = self._replay
+        fp, _ = digest({"op": "construct"}, (cfg,))
+        target = json.dumps(self._target, sort_keys=True)
+        candidates = [i for i, tr in enumerate(replay.traces) if json.dumps(tr["target"], sort_keys=True) == target]
+        candidates, ok, _ = replay.answer(candidates, [fp], f"{type(self).__name__}(cfg)")
+        info = ok if isinstance(ok, dict) else {}
+        for key, val in {"_cfg": cfg, "_fps": [fp], "_candidates": candidates, "_info": info, "_state": {}}.items():
+            object.__setattr__(self, key, val)
+
+    def _op(self, doc: dict, args: Any = (), what: str = "") -> tuple[Any, int, list[t.Tensor]]:
+        fp, tensors = digest(doc, args)
+        fps = [*self._fps, fp]
+        candidates, ok, trace = self._replay.answer(self._candidates, fps, what or type(self).__name__)
+        object.__setattr__(self, "_fps", fps)
+        object.__setattr__(self, "_candidates", candidates)
+        return ok, trace, tensors
+
+    def state_dict(self, *args, **kwargs):
+        state = {}
+        for entry in self._info.get("state", []):
+            try:
+                name, shape, dtype = entry
+                state[str(name)] = t.zeros([int(s) for s in shape], dtype=getattr(t, str(dtype).replace("torch.", "")))
+            except (TypeError, ValueError, AttributeError, RuntimeError):
+                raise Unverifiable("the sandbox's report of the module's parameters is unreadable") from None
+        object.__setattr__(self, "_state", dict(state))
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        self._op({"op": "load", "strict": strict}, (_given(self._state, state_dict),), f"{type(self).__name__}.load_state_dict")
+
+    def eval(self):
+        self._op({"op": "eval"})
+        return self
+
+    def parameters(self, recurse: bool = True):
+        return iter(())
+
+    buffers = parameters
+
+    @property
+    def forward(self):
+        return _signature(self._info.get("forward_args"))
+
+    def _call(self, method: str, args: tuple, kwargs: dict):
+        doc = {"op": "call", "method": method, "grad": t.is_grad_enabled()}
+        ok, trace, tensors = self._op(doc, (args, kwargs), f"{type(self).__name__}.{method}")
+        return self._replay.output(ok, trace, len(self._fps) - 1, tensors)
+
+    def __call__(self, *args, **kwargs):
+        return self._call("forward", args, kwargs)
+
+    def apply_causal_mask(self, *args, **kwargs):
+        return self._call("apply_causal_mask", args, kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        ok, _, _ = self._op({"op": "attr", "name": name}, (), f"{type(self).__name__}.{name}")
+        ok = ok if isinstance(ok, dict) else {}
+        if not ok.get("module"):
+            return _opaque(ok.get("describe", "object"))
+        token = str(ok.get("class", ""))
+        cls = self._replay.classes.get(f"token:{token}")
+        if cls is None:
+            target = [*self._target, {"cfg": dataclasses.asdict(self._cfg), "attr": name}]
+            cls = self._replay.replay_class(target, str(ok.get("name", "Module")))
+            self._replay.classes[f"token:{token}"] = cls
+        return cls.__new__(cls)
+
+    def __setattr__(self, name, value):
+        raise Unverifiable(f"a checker set {name} on the learner's module")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(replayed)"
+
+
+class ReplayedFunction:
+    def __init__(self, replay: Replay, name: str) -> None:
+        self._replay, self.__name__ = replay, name
+
+    def __call__(self, *args, **kwargs):
+        doc = {"op": "call", "method": "__call__", "grad": t.is_grad_enabled()}
+        fp, tensors = digest(doc, (args, kwargs))
+        candidates = [i for i, tr in enumerate(self._replay.traces) if tr["target"] == []]
+        _, ok, trace = self._replay.answer(candidates, [fp], self.__name__)
+        return self._replay.output(ok, trace, 0, tensors)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    ename: str  # the exception's type name when failed ("" when passed)
+    message: str  # the ✓ line, or the failure message
+
+
+def judge(exercise: str, checker, plan: dict, results: Any, tensors: dict[str, t.Tensor]) -> Verdict:
+    """Run `checker` here on the learner's recorded results; its pass line or its failure message."""
+    out = io.StringIO()
+    try:
+        stand_in = Replay(plan, results if isinstance(results, dict) else {}, tensors).argument()
+        with contextlib.redirect_stdout(out):
+            checker(stand_in)
+    except Unverifiable as exc:
+        return Verdict(False, "Unverifiable", f"checks.{exercise} could not be verified by the grader: {exc}.")
+    except (AssertionError, NotImplementedError) as exc:
+        return Verdict(False, type(exc).__name__, str(exc))
+    except Exception as exc:  # the checker crashed on what the learner's code returned: that is no pass
+        return Verdict(False, type(exc).__name__,
+                       f"checks.{exercise} could not judge what your code returned: {type(exc).__name__}: {exc}")
+    return Verdict(True, "", out.getvalue().strip())
