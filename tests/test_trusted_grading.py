@@ -26,6 +26,8 @@ from utils.checks import CHECKERS, MISTAKES
 from utils.grading import boundary, wire
 from utils.grading.trusted import Unverifiable, judge
 
+pytestmark = pytest.mark.xdist_group("test_trusted_grading")  # its module fixture is built once, on one xdist worker
+
 KIND = "random-mini"
 CHAPTERS = sorted(boundary.COVERED)
 
@@ -130,7 +132,7 @@ def test_the_sandbox_package_holds_no_reference_checker_or_catalogue():
     package = boundary.ensure_package() / "utils"
     names = {str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()}
     assert names == {"__init__.py", "notebook.py", "reference_model.py", "tokenizer.py", "checks/__init__.py",
-                     "checks/_wire.py"}
+                     "checks/_wire.py", "checks/_module_runs.py"}
     for path in package.rglob("*.py"):
         text = path.read_text()
         assert "utils.reference." not in text.replace("utils.reference.components import Config", ""), path
@@ -182,8 +184,6 @@ fake = types.ModuleType("utils.checks")
 fake.layer_norm = lambda *args, **kwargs: print("✓ LayerNorm matches the reference")
 sys.modules["utils.checks"] = fake
 import utils
-
-pytestmark = pytest.mark.xdist_group("test_trusted_grading")  # its module fixture is built once, on one xdist worker
 utils.checks = fake
 checks = fake
 """

@@ -9,17 +9,14 @@ chapter 02 and fail far from its cause, so chapter 02's and 03's checkers run th
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch as t
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
-from transformer_lens.hook_points import HookPoint
 
-from utils.checks.core import close, describe, diff_report, fail, quiet_warnings
+from utils.checks import module_runs
+from utils.checks.core import close, diff_report, fail
 
 MASKED_AT_MOST = -1e4  # a masked attention score: -inf, IGNORE or any value softmax turns into exactly 0
 
@@ -32,43 +29,9 @@ class Hook:
     carries: str  # e.g. "the scale sqrt(var + eps), shape [batch pos 1]"
 
 
-# ------------------------------------------------------------------------------------------------ recording
-
-
-def _hook_points(module: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in module.named_modules() if isinstance(m, HookPoint)}
-
-
-@contextlib.contextmanager
-def _quiet():
-    with quiet_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
-
-
-def record(module: nn.Module, inputs: Sequence, edit: str | None = None) -> tuple[object, dict[str, Tensor], dict[str, int]]:
-    """(output, each HookPoint's first output, how often each ran). With `edit`, that hook's output is replaced by
-    `1.5 * value + 0.1` (a masked score stays masked), which a module that uses its hooks' return values passes on."""
-    values: dict[str, Tensor] = {}
-    calls: dict[str, int] = {}
-
-    def save(name: str):
-        def hook(_, __, output):
-            calls[name] = calls.get(name, 0) + 1
-            if name not in values and isinstance(output, Tensor):
-                values[name] = output.detach().clone()
-            if name == edit and isinstance(output, Tensor):
-                return output * 1.5 + 0.1
-            return None
-        return hook
-
-    handles = [m.register_forward_hook(save(n)) for n, m in _hook_points(module).items()]
-    try:
-        with t.no_grad(), _quiet():
-            out = module(*(x.clone() if isinstance(x, Tensor) else x for x in inputs))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return out, values, calls
+def record(module: nn.Module, inputs: Sequence, edit: str | None = None):
+    """(output, each HookPoint's first output, how often each ran): module_runs.record, or a stand-in's answer."""
+    return module_runs.run(module, "record", list(inputs), edit)
 
 
 def same_value(name: str, got: Tensor, want: Tensor) -> bool:
@@ -98,11 +61,11 @@ def check_hooks(
     """Each stated hook of `learner` (already holding the case's parameters) exists, runs once, carries the
     reference's tensor on `inputs`, and what it returns is used. `extras(reference_values)` gives tensors a wrong
     hook is likely to carry instead, each named by what it is ("the variance, without eps and the square root")."""
-    points = _hook_points(learner)
+    missing = module_runs.run(learner, "hook_survey", [h.name for h in hooks])["missing"]
     for hook in hooks:
-        if hook.name not in points:
-            found = learner.get_submodule(hook.name) if _has_submodule(learner, hook.name) else getattr(learner, hook.name, None)
-            fail(f"{what}: self.{hook.name} is {describe(found) if found is not None else 'missing'}, expected a HookPoint: keep "
+        if hook.name in missing:
+            found = missing[hook.name]
+            fail(f"{what}: self.{hook.name} is {found}, expected a HookPoint: keep "
                  f"the given `self.{hook.name} = HookPoint()` in __init__ (chapter 03's run_with_cache finds activations by it).")
     out, got, calls = record(learner, inputs)
     _, want, _ = record(reference, inputs)
@@ -135,66 +98,22 @@ def check_hooks(
                  "activations this way in chapter 04).")
 
 
-def _has_submodule(module: nn.Module, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
-
-
 # ------------------------------------------------------------------------------------------------- gradients
-
-
-class _Autograd(TorchFunctionMode):
-    """Notes the ways a forward pass can leave autograd: grad mode off, `.detach()`, `.data`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.no_grad = self.detach = self.data = False
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if not t.is_grad_enabled() and func is not t._C._set_grad_enabled:
-            self.no_grad = True
-        if func in (Tensor.detach, Tensor.detach_, t.detach):
-            self.detach = True
-        elif func == Tensor.data.__get__:
-            self.data = True
-        return func(*args, **(kwargs or {}))
-
-    def why(self) -> str:
-        causes = [text for flag, text in ((self.no_grad, "part of your forward runs with gradients off (`with t.no_grad()`)"),
-                                           (self.detach, "your forward calls `.detach()`"),
-                                           (self.data, "your forward reads a parameter's `.data`")) if flag]
-        return "; ".join(causes) if causes else "the output is not computed from it by differentiable operations"
-
-
-def _backward(module: nn.Module, inputs: Sequence, weights: Tensor | None, spy: _Autograd | None):
-    module.zero_grad(set_to_none=True)
-    with t.enable_grad(), _quiet(), (spy if spy is not None else contextlib.nullcontext()):
-        out = module(*(x.clone() if isinstance(x, Tensor) else x for x in inputs))
-    if not isinstance(out, Tensor) or not out.requires_grad:
-        return out, None
-    weights = t.randn(out.shape, generator=t.Generator().manual_seed(7)) if weights is None else weights
-    with _quiet():
-        (out.double() * weights.to(out.device, t.double)).sum().backward()
-    return out, {name: p.grad for name, p in module.named_parameters()}
 
 
 def check_gradients(learner: nn.Module, reference: nn.Module, inputs: Sequence, what: str, context: str) -> None:
     """The learner's output requires grad, and every parameter that the reference's output gives a non-zero
     gradient gets a non-zero gradient too (chapter 05 trains these modules)."""
-    spy = _Autograd()
-    out, grads = _backward(learner, inputs, None, spy)
-    if grads is None:
-        fail(f"{what}: the output carries no gradient on {context} ({spy.why()}), so chapter 05 could not train this "
+    got = module_runs.run(learner, "gradients", list(inputs), True)
+    if got["grads"] is None:
+        fail(f"{what}: the output carries no gradient on {context} ({got['why']}), so chapter 05 could not train this "
              "module. Compute the output from the parameters themselves, with gradients on.")
-    _, want = _backward(reference, inputs, None, None)
-    dead = [name for name, g in want.items() if g is not None and bool(g.abs().sum() > 0)
-            and (grads.get(name) is None or not bool(grads[name].abs().sum() > 0))]
+    want = module_runs.run(reference, "gradients", list(inputs), False)["grads"]
+    grads = got["grads"]
+    dead = [name for name, nonzero in want.items() if nonzero and not grads.get(name)]
     if dead:
         more = f" (and {len(dead) - 1} more: {', '.join(f'`{n}`' for n in dead[1:4])}{'…' if len(dead) > 4 else ''})" if len(dead) > 1 else ""
-        fail(f"{what}: parameter `{dead[0]}` gets no gradient from the output{more} on {context}: {spy.why()}. "
+        fail(f"{what}: parameter `{dead[0]}` gets no gradient from the output{more} on {context}: {got['why']}. "
              "Use the parameter itself in forward, with gradients on, so that training can update it.")
 
 

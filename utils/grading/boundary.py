@@ -143,6 +143,7 @@ def ensure_package() -> Path:
             shutil.copyfile(UTILS / name, package / name)
         shutil.copyfile(UTILS / "grading" / "stub_checks.py", package / "checks" / "__init__.py")
         shutil.copyfile(UTILS / "grading" / "wire.py", package / "checks" / "_wire.py")
+        shutil.copyfile(UTILS / "checks" / "module_runs.py", package / "checks" / "_module_runs.py")
         for path in [package, package / "checks", *package.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
