@@ -113,6 +113,18 @@ def _first(layout: Layout) -> set[str]:
     return set(layout.first()[1])
 
 
+# Chapter 02's checks of a part's users run the part's own check first (utils/checks/ch02_components.py,
+# `_SUB_CHECKS` and `_uses_passing`): a broken LayerNorm also zeroes TransformerBlock, as it should.
+USERS = {"layer_norm": {"transformer_block"}, "attention": {"transformer_block"}, "mlp": {"transformer_block"},
+         "causal_mask": {"attention", "transformer_block"}}
+
+
+def _first_and_its_users(layout: Layout) -> set[str]:
+    first = set(layout.first()[1])
+    users = set().union(*(USERS.get(grade_id, set()) for grade_id in first))
+    return first | (users & set(layout.points))
+
+
 # Cheats the static scan does not catch (an alias taken through a call): judged in the learner's process they
 # passed; judged outside (chapters 01 and 02, utils/grading/trusted.py), the wrong numbers score 0.
 LYING_TENSOR = """
@@ -152,10 +164,10 @@ def hostile_to_checkers() -> list[Case]:
     return [
         Case("lying_tensor_subclass",  # a Tensor subclass whose all(), == and bool() say yes to everything
              lambda L: edit_solution(L.solution, L.first()[0], lambda s: s + LYING_TENSOR + wrap_forward(
-                 first_cls(L), "return (0 * _original(self, *args, **kwargs)).as_subclass(_Liar)")), _first),
+                 first_cls(L), "return (0 * _original(self, *args, **kwargs)).as_subclass(_Liar)")), _first_and_its_users),
         Case("patched_tensor_all_unscanned",  # Tensor.all patched through an alias the scan cannot follow
              lambda L: edit_solution(L.solution, L.first()[0], lambda s: s + PATCHED_TENSOR_ALL + wrap_forward(
-                 first_cls(L), "return 0 * _original(self, *args, **kwargs)")), _first),
+                 first_cls(L), "return 0 * _original(self, *args, **kwargs)")), _first_and_its_users),
         Case("swapped_checks_registry",  # sys.modules['utils.checks'] replaced by a module that prints ✓
              lambda L: edit_solution(L.release, L.first()[0], lambda s: s + SWAPPED_CHECKS), _all),
     ]
