@@ -23,6 +23,7 @@ REFERENCE = {
     "copying_scores": ref.copying_scores,
     "positional_patterns": ref.positional_patterns,
     "composition_scores": ref.composition_scores,
+    "key_decomposition": ref.key_score_decomposition,
 }
 EXERCISES = list(REFERENCE)
 CATALOGUE = [(exercise, mistake) for exercise in EXERCISES for mistake in MISTAKES[exercise]]
@@ -94,6 +95,23 @@ def test_k_composition_is_highest_for_the_circuit_heads():
     assert (copying[induction] > 0.9).all()
 
 
+def test_key_shares_add_up_to_the_stripe_score_and_name_the_previous_token_head():
+    model = load_induction_model()
+    tokens = repeated_tokens(8, EVAL_REPEAT, seed=6)
+    with t.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        induction = ref.copying_scores(model, 1).topk(2).indices.tolist()
+    pos = t.arange(EVAL_REPEAT + 1, 2 * EVAL_REPEAT + 1)
+    first_copy_previous = cache["blocks.0.attn.hook_pattern"].diagonal(-1, -2, -1)[..., :EVAL_REPEAT].mean((0, -1))
+    for head in induction:
+        shares = ref.key_score_decomposition(model, cache, 1, head, EVAL_REPEAT)
+        q, k = cache["blocks.1.attn.hook_q"][:, pos, head], cache["blocks.1.attn.hook_k"][:, pos - EVAL_REPEAT + 1, head]
+        stripe = float((q * k).sum(-1).mean() / model.cfg.d_head ** 0.5)
+        assert sum(shares.values()) == pytest.approx(stripe, abs=1e-3)
+        heads = {name: value for name, value in shares.items() if re.fullmatch(r"L0H\d", name)}
+        assert first_copy_previous[int(max(heads, key=heads.get)[3:])] > 0.9
+
+
 # --------------------------------------------------------------------------------------------- the checkers
 
 
@@ -119,6 +137,16 @@ def test_a_wrong_answer_that_is_no_mistake_is_not_named():
     with pytest.raises(AssertionError) as info:
         CHECKERS["copying_scores"](off_by_a_little)
     assert "known mistake" not in str(info.value) and "copying_scores" in str(info.value)
+
+
+def test_key_shares_with_a_missing_component_name_it():
+    def no_b_O(*args):
+        shares = ref.key_score_decomposition(*args)
+        del shares["L0 b_O"]
+        return shares
+
+    with pytest.raises(AssertionError, match=r"missing \['L0 b_O'\].*biases included"):
+        CHECKERS["key_decomposition"](no_b_O)
 
 
 def test_integer_output_is_refused_with_the_expected_dtype():
@@ -409,6 +437,54 @@ def _composition_trace_float64(model, early=0, late=1):
     return out
 
 
+def _stripe_parts(model, cache):
+    parts = [cache["hook_embed"], cache["hook_pos_embed"]]
+    parts += [cache["blocks.0.attn.hook_z"][:, :, h] @ model.blocks[0].attn.W_O[h] for h in range(model.cfg.n_heads)]
+    return parts + [model.blocks[0].attn.b_O.expand_as(parts[0])]
+
+
+def _names(model):
+    return ["embed", "pos_embed", *[f"L0H{h}" for h in range(model.cfg.n_heads)], "L0 b_O", "b_K"]
+
+
+def _keys_einsum_tensors(model, cache, layer, head, repeat_len):
+    """0-d float64 tensors; the stacked components projected with one einsum."""
+    attn = model.blocks[layer].attn
+    q_pos = t.arange(repeat_len + 1, 2 * repeat_len + 1)
+    stacked = t.stack(_stripe_parts(model, cache))[:, :, q_pos - repeat_len + 1].double()  # [comp batch query d_model]
+    q = cache[f"blocks.{layer}.attn.hook_q"][:, q_pos, head].double()
+    per = einops.einsum(stacked, attn.W_K[head].double(), q, "c b s m, m d, b s d -> c b s").mean((1, 2))
+    values = [*per, (attn.b_K[head].double() * q).sum(-1).mean()]
+    return dict(zip(_names(model), (v / attn.cfg.d_head ** 0.5 for v in values)))
+
+
+def _keys_from_score_matrix(model, cache, layer, head, repeat_len):
+    """Each component's full score matrix q K_c^T, then its induction diagonal."""
+    attn = model.blocks[layer].attn
+    q = cache[f"blocks.{layer}.attn.hook_q"][:, :, head]  # [batch pos d_head]
+    keys = [part @ attn.W_K[head] for part in _stripe_parts(model, cache)] + [attn.b_K[head].expand(*q.shape)]
+    out = {}
+    for name, k in zip(_names(model), keys):
+        scores = (q @ k.transpose(-1, -2)) / attn.cfg.d_head ** 0.5  # [batch query key]
+        stripe = scores.diagonal(offset=-(repeat_len - 1), dim1=-2, dim2=-1)[:, 2:]  # queries repeat_len+1 ...
+        out[name] = stripe.mean().item()
+    return out
+
+
+def _keys_loop_per_query(model, cache, layer, head, repeat_len):
+    """A plain loop over the stripe's queries, accumulating Python floats."""
+    attn, n = model.blocks[layer].attn, 0
+    parts = dict(zip(_names(model), _stripe_parts(model, cache)))
+    totals = dict.fromkeys(_names(model), 0.0)
+    for query in range(repeat_len + 1, 2 * repeat_len + 1):
+        q = cache[f"blocks.{layer}.attn.hook_q"][:, query, head]  # [batch d_head]
+        for name, part in parts.items():
+            totals[name] += float(((part[:, query - repeat_len + 1] @ attn.W_K[head]) * q).sum())
+        totals["b_K"] += float((attn.b_K[head] * q).sum())
+        n += q.shape[0]
+    return {name: value / n / attn.cfg.d_head ** 0.5 for name, value in totals.items()}
+
+
 ALTERNATIVES = [
     ("ablation", _ablation_where), ("ablation", _ablation_hooks_context_float64), ("ablation", _ablation_python_float),
     ("patch_residual", _resid_one_hook_by_name), ("patch_residual", _resid_hooks_context),
@@ -422,6 +498,8 @@ ALTERNATIVES = [
     ("positional_patterns", _positional_float64),
     ("composition_scores", _composition_factored), ("composition_scores", _composition_loops),
     ("composition_scores", _composition_trace_float64),
+    ("key_decomposition", _keys_einsum_tensors), ("key_decomposition", _keys_from_score_matrix),
+    ("key_decomposition", _keys_loop_per_query),
 ]
 
 

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 import torch as t
 from torch import Tensor, nn
 
-from utils.checks.core import Mistake, assert_matches, call_learner, checker, describe, fail, passed
+from utils.checks.core import Mistake, assert_matches, call_learner, checker, close, describe, fail, passed
 from utils.checks.mistakes_ch08 import (ABLATION_MISTAKES, COMPOSITION_MISTAKES, COPYING_MISTAKES,
-                                        PATCH_HEADS_MISTAKES, PATCH_RESIDUAL_MISTAKES, PATH_MISTAKES,
-                                        POSITIONAL_MISTAKES)
+                                        KEY_DECOMPOSITION_MISTAKES, PATCH_HEADS_MISTAKES, PATCH_RESIDUAL_MISTAKES,
+                                        PATH_MISTAKES, POSITIONAL_MISTAKES)
 from utils.induction import build_induction_model, induction_config, load_induction_model, repeated_tokens
 from utils.reference import circuits as ref
 
@@ -251,6 +251,69 @@ def composition_scores(composition_scores: Callable) -> None:
             assert_matches(got, expected[mode], f"composition_scores[{mode!r}]", context=context,
                            mistakes=lambda mode=mode, f=for_mode: f(mode))
     passed(f"composition_scores matches the reference on {len(cases)} pairs of layers")
+
+
+KEY_CASES = [(0, 10, 51, [0, 1, 2, 3]), (1, 12, 52, [1, 3])]  # (model: 0 induction / 1 random, repeat_len, seed, heads)
+
+
+def _key_components(model: nn.Module) -> list[str]:
+    return ["embed", "pos_embed", *(f"L0H{h}" for h in range(model.cfg.n_heads)), "L0 b_O", "b_K"]
+
+
+def _same_shares(out: dict, other, names: list[str]) -> bool:
+    try:
+        return isinstance(other, dict) and all(close(t.tensor(float(out[k])), t.tensor(float(other[k]))) for k in names)
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return False
+
+
+@checker("key_decomposition", KEY_DECOMPOSITION_MISTAKES, chapter=CHAPTER)
+def key_decomposition(key_score_decomposition: Callable) -> None:
+    """Each key component's share of a layer-1 head's score on the induction stripe, on the induction model and on
+    a random model; the components in the stated order, and their shares adding up to the head's mean score."""
+    what = "key_score_decomposition"
+    count = 0
+    with _one_thread():
+        for which, repeat_len, seed, heads in KEY_CASES:
+            model = load_induction_model() if which == 0 else _random_model(2)
+            name = "the induction model" if which == 0 else "a randomly initialised model of the same shape"
+            tokens = repeated_tokens(4, repeat_len, seed)
+            with t.no_grad():
+                _, cache = model.run_with_cache(tokens)
+            names = _key_components(model)
+            for head in heads:
+                context = f"L1H{head} of {name} on [BOS, r, r] (batch 4, repeat_len {repeat_len})"
+                mine = copy.deepcopy(model)
+                with t.no_grad():
+                    _, fresh = mine.run_with_cache(tokens)
+                    out = call_learner(what, key_score_decomposition, mine, fresh, 1, head, repeat_len, context=context)
+                if not isinstance(out, dict):
+                    fail(f"{what}: returned {describe(out)} on {context}, expected a dict of component name -> float.")
+                if list(out) != names:
+                    missing = [n for n in names if n not in out]
+                    extra = [n for n in out if n not in names]
+                    detail = (f"missing {missing}" if missing else "") + ("; " if missing and extra else "") + (
+                        f"unexpected {extra}" if extra else "")
+                    fail(f"{what}: keys {list(out)} on {context}; expected exactly {names}, in that order"
+                         + (f" ({detail})" if detail else " (the order differs)") + ". Every component that writes "
+                         "into layer 1's residual stream has a share, the biases included, so that they add up to the score.")
+                with t.no_grad():
+                    expected = ref.key_score_decomposition(model, cache, 1, head, repeat_len)
+                outputs: list = []
+
+                def for_key(key: str, model=model, cache=cache, head=head, repeat_len=repeat_len, out=out):
+                    """The mistakes whose every share equals the learner's (named only on a whole match)."""
+                    if not outputs:
+                        outputs.append(_mistake_outputs(KEY_DECOMPOSITION_MISTAKES, model, cache, 1, head, repeat_len))
+                    return [(m, t.tensor(float(o[key]))) for m, o in outputs[0] if _same_shares(out, o, names)]
+
+                for key in names:
+                    want = t.tensor(float(expected[key]))
+                    got = _as_float(out[key], want, f"{what}[{key!r}]", context)
+                    assert_matches(got, want, f"{what}[{key!r}]", context=context,
+                                   mistakes=lambda key=key, f=for_key: f(key))
+                count += 1
+    passed(f"key_score_decomposition matches the reference on {count} heads: every component's share, in order")
 
 
 MISTAKES_OF = {"ablated_loss_increase": ABLATION_MISTAKES, "patch_residual": PATCH_RESIDUAL_MISTAKES,

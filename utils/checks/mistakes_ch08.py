@@ -336,3 +336,53 @@ COMPOSITION_MISTAKES = [
             "you used the spectral norm (ord=2): the composition score uses Frobenius norms, "
             "t.linalg.matrix_norm(M) (ord='fro')."),
 ]
+
+
+# --------------------------------------------------------------------------------------- key decomposition
+
+
+def _key_shares(model, cache, layer, head, repeat_len, *, key_offset=1, scale=True, key_weights="W_K",
+                keys_at_queries=False, reduce="mean", query_bias=True):
+    """The reference's shares, with one thing changed (`key_offset=0`: the earlier occurrence itself)."""
+    attn = model.blocks[layer].attn
+    pos = t.arange(repeat_len + 1, 2 * repeat_len + 1)
+    key_pos = pos if keys_at_queries else pos - repeat_len + key_offset
+    if query_bias:
+        q = cache[f"blocks.{layer}.attn.hook_q"][:, pos, head]
+    else:
+        q = cache[f"blocks.{layer}.hook_resid_pre"][:, pos] @ attn.W_Q[head]
+    W = getattr(attn, key_weights)[head]
+    parts = {"embed": cache["hook_embed"], "pos_embed": cache["hook_pos_embed"]}
+    for h in range(model.cfg.n_heads):
+        parts[f"L0H{h}"] = cache["blocks.0.attn.hook_z"][:, :, h] @ model.blocks[0].attn.W_O[h]
+    parts["L0 b_O"] = model.blocks[0].attn.b_O.expand_as(parts["embed"])
+    norm = attn.cfg.d_head ** 0.5 if scale else 1.0
+
+    def share(per_query: Tensor) -> float:
+        return float((per_query.sum(-1).sum() if reduce == "sum" else per_query.sum(-1).mean()) / norm)
+
+    shares = {name: share((part[:, key_pos] @ W) * q) for name, part in parts.items()}
+    shares["b_K"] = share(attn.b_K[head] * q)
+    return shares
+
+
+KEY_DECOMPOSITION_MISTAKES = [
+    Mistake("keys_at_the_earlier_occurrence", lambda *a: _key_shares(*a, key_offset=0),
+            "you read the keys at the earlier occurrence of the current token (query position - repeat_len); an "
+            "induction head attends to the token *after* it, query position - (repeat_len - 1), the position whose "
+            "previous token matches."),
+    Mistake("keys_at_the_query_positions", lambda *a: _key_shares(*a, keys_at_queries=True),
+            "you took every component at the query positions: the key side of the score lives at the attended "
+            "position, key_pos = pos - (repeat_len - 1), while q stays at pos."),
+    Mistake("not_scaled", lambda *a: _key_shares(*a, scale=False),
+            "your shares are sqrt(d_head) times too large: the attention score is q . k / sqrt(d_head), and each "
+            "share is that score's part, so divide by attn.cfg.d_head ** 0.5."),
+    Mistake("keys_through_W_Q", lambda *a: _key_shares(*a, key_weights="W_Q"),
+            "you projected the components with W_Q: a key is x W_K, so use attn.W_K[head] for every component."),
+    Mistake("summed_over_batch_and_queries", lambda *a: _key_shares(*a, reduce="sum"),
+            "you summed over the batch and the query positions: each share is a mean, so that the shares add up to "
+            "the head's mean score on the stripe."),
+    Mistake("query_without_b_Q", lambda *a: _key_shares(*a, query_bias=False),
+            "your query leaves out b_Q (you recomputed it as resid_pre @ W_Q): take the head's real query, "
+            "cache[f'blocks.{layer}.attn.hook_q'][:, pos, head], which includes the bias."),
+]

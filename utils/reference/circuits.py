@@ -211,3 +211,19 @@ def composition_scores(model: EducationalTransformer, early: int = 0, late: int 
         norms = t.linalg.matrix_norm(writer)[:, None] * t.linalg.matrix_norm(reader)[None, :]
         scores[mode] = t.linalg.matrix_norm(product) / norms
     return scores
+
+
+def key_score_decomposition(model, cache, layer: int, head: int, repeat_len: int) -> dict[str, float]:
+    """Each component's share of head (layer, head)'s score q . k / sqrt(d_head) on the induction stripe."""
+    attn = model.blocks[layer].attn
+    pos = t.arange(repeat_len + 1, 2 * repeat_len + 1)  # queries of the second copy
+    key_pos = pos - (repeat_len - 1)  # the token after the first occurrence
+    q = cache[f"blocks.{layer}.attn.hook_q"][:, pos, head]  # [batch queries d_head]
+    parts = {"embed": cache["hook_embed"], "pos_embed": cache["hook_pos_embed"]}
+    for h in range(model.cfg.n_heads):
+        parts[f"L0H{h}"] = cache["blocks.0.attn.hook_z"][:, :, h] @ model.blocks[0].attn.W_O[h]
+    parts["L0 b_O"] = model.blocks[0].attn.b_O.expand_as(parts["embed"])
+    shares = {name: float(((part[:, key_pos] @ attn.W_K[head]) * q).sum(-1).mean() / attn.cfg.d_head ** 0.5)
+              for name, part in parts.items()}
+    shares["b_K"] = float((attn.b_K[head] * q).sum(-1).mean() / attn.cfg.d_head ** 0.5)
+    return shares
