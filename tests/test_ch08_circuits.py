@@ -149,6 +149,17 @@ def test_key_shares_with_a_missing_component_name_it():
         CHECKERS["key_decomposition"](no_b_O)
 
 
+def test_key_shares_that_add_up_but_are_split_wrongly_say_so():
+    def swapped(*args):
+        shares = ref.key_score_decomposition(*args)
+        shares["L0H0"], shares["L0H1"] = shares["L0H1"], shares["L0H0"]
+        return shares
+
+    with pytest.raises(AssertionError, match=r"so the total is right.*'L0H0' is head 0's own output") as info:
+        CHECKERS["key_decomposition"](swapped)
+    assert "known mistake" not in str(info.value)
+
+
 def test_integer_output_is_refused_with_the_expected_dtype():
     def counts(model, layer):
         return (ref.copying_scores(model, layer) * model.cfg.d_vocab).round().long()

@@ -260,6 +260,28 @@ def _key_components(model: nn.Module) -> list[str]:
     return ["embed", "pos_embed", *(f"L0H{h}" for h in range(model.cfg.n_heads)), "L0 b_O", "b_K"]
 
 
+def _key_hint(out: dict, expected: dict, key: str) -> str:
+    """Where to look: whether the learner's shares still add up to the head's mean score on the stripe."""
+    try:
+        total = sum(float(v) for v in out.values())
+    except (TypeError, ValueError, RuntimeError):
+        total = float("nan")
+    score = sum(expected.values())
+    adds_up = close(t.tensor(total), t.tensor(score))
+    if key.startswith("L0H"):
+        step = f"that {key!r} is head {key[3:]}'s own output, hook_z[:, :, {key[3:]}] @ W_O[{key[3:]}]"
+    elif key in ("embed", "pos_embed"):
+        step = f"that {key!r} is cache['hook_{key}']"
+    elif key == "L0 b_O":
+        step = "that 'L0 b_O' is layer 0's b_O, the same at every position"
+    else:
+        step = "that 'b_K' meets the query directly: (attn.b_K[head] * q).sum(-1)"
+    return (f"Your shares add up to {total:.4f} and the head's mean score on the stripe is {score:.4f}"
+            + (f", so the total is right and the split between components is not: check {step}." if adds_up else
+               ": compute each share as ((part[:, key_pos] @ attn.W_K[head]) * q).sum(-1).mean() / sqrt(d_head), "
+               "with q the head's own query (hook_q) at pos and the components at key_pos = pos - (repeat_len - 1)."))
+
+
 def _same_shares(out: dict, other, names: list[str]) -> bool:
     try:
         return isinstance(other, dict) and all(close(t.tensor(float(out[k])), t.tensor(float(other[k]))) for k in names)
@@ -311,7 +333,7 @@ def key_decomposition(key_score_decomposition: Callable) -> None:
                     want = t.tensor(float(expected[key]))
                     got = _as_float(out[key], want, f"{what}[{key!r}]", context)
                     assert_matches(got, want, f"{what}[{key!r}]", context=context,
-                                   mistakes=lambda key=key, f=for_key: f(key))
+                                   mistakes=lambda key=key, f=for_key: f(key), hint=_key_hint(out, expected, key))
                 count += 1
     passed(f"key_score_decomposition matches the reference on {count} heads: every component's share, in order")
 
