@@ -342,10 +342,10 @@ COMPOSITION_MISTAKES = [
 
 
 def _key_shares(model, cache, layer, head, repeat_len, *, key_offset=1, scale=True, key_weights="W_K",
-                keys_at_queries=False, reduce="mean", query_bias=True):
+                keys_at_queries=False, reduce="mean", query_bias=True, last_query=0):
     """The reference's shares, with one thing changed (`key_offset=0`: the earlier occurrence itself)."""
     attn = model.blocks[layer].attn
-    pos = t.arange(repeat_len + 1, 2 * repeat_len + 1)
+    pos = t.arange(repeat_len + 1, 2 * repeat_len + 1 + last_query)
     key_pos = pos if keys_at_queries else pos - repeat_len + key_offset
     if query_bias:
         q = cache[f"blocks.{layer}.attn.hook_q"][:, pos, head]
@@ -382,6 +382,9 @@ KEY_DECOMPOSITION_MISTAKES = [
     Mistake("summed_over_batch_and_queries", lambda *a: _key_shares(*a, reduce="sum"),
             "you summed over the batch and the query positions: each share is a mean, so that the shares add up to "
             "the head's mean score on the stripe."),
+    Mistake("last_query_left_out", lambda *a: _key_shares(*a, last_query=-1),
+            "your queries stop one short: the second copy's queries are repeat_len + 1 up to and including "
+            "2 * repeat_len, t.arange(repeat_len + 1, 2 * repeat_len + 1) (arange leaves out its end)."),
     Mistake("query_without_b_Q", lambda *a: _key_shares(*a, query_bias=False),
             "your query leaves out b_Q (you recomputed it as resid_pre @ W_Q): take the head's real query, "
             "cache[f'blocks.{layer}.attn.hook_q'][:, pos, head], which includes the bias."),
