@@ -80,12 +80,13 @@ def test_held_out_files_were_never_trained_on(split):
     assert t.equal(split.held_out[-len(split.chapter05_val):], split.chapter05_val)
 
 
-# The shipped checkpoint (1900 steps, 7.8 M tokens on 2 CPU cores) is below issue 15's bar: 2.63 nats below the
-# unigram baseline, not 3, and no induction or previous-token head. These two tests state the bar; they are
-# strict xfails, so the day a retrained checkpoint meets the bar they fail until the marker is removed.
+# The shipped checkpoint (5000 steps, 20.5 M tokens, 35 min on 2 quiet CPU cores) is below issue 15's bar: 2.93 nats
+# below the unigram baseline, not 3, no induction or previous-token head (best 0.08 and 0.13), and greedy decoding
+# loops on the bar's two prompts. These tests state the bar; they are strict xfails, so the day a retrained
+# checkpoint meets the bar they fail until the marker is removed. docs/course_gpt_recipe.md has what was tried.
 BELOW_BAR = pytest.mark.xfail(strict=True, reason="issue 15: the shipped course GPT is below the quality bar "
                                                   "(see utils/data/course_gpt.md)")
-SHIPPED_FLOOR = 2.5  # nats below the unigram baseline that the shipped checkpoint does reach (measured: 2.63)
+SHIPPED_FLOOR = 2.85  # nats below the unigram baseline that the shipped checkpoint does reach (measured: 2.93)
 
 
 @needs_checkpoint
@@ -117,12 +118,24 @@ def test_model_card_states_what_is_measured(metrics):
     assert ("BELOW the quality bar: " + "; ".join(verdict)) in card if verdict else "meets the quality bar" in card
 
 
+def _reads_as_a_python_header(continuation: str) -> bool:
+    line = continuation.split("\n")[0]
+    # the header closes: a signature or a loop, ending in a colon, its brackets balanced
+    return line.rstrip().endswith(":") and line.count("(") == line.count(")")
+
+
 @needs_checkpoint
+@BELOW_BAR
 @pytest.mark.parametrize("prompt", ["def __init__(self", "for i in range("])
 def test_greedy_continuations_read_as_python(metrics, prompt):
-    line = metrics["continuations"][prompt].split("\n")[0]
-    assert line.rstrip().endswith(":"), line  # the header closes: a signature or a loop, ending in a colon
-    assert line.count("(") == line.count(")"), line
+    assert _reads_as_a_python_header(metrics["continuations"][prompt]), metrics["continuations"][prompt]
+
+
+@pytest.mark.parametrize("text, closes", [("for i in range(10):\n\tpass", True), ("def f(self, name):", True),
+                                          ("def f(self, name, name, name,", False), ("for i in range(0, i1, i1", False),
+                                          ("if (a:", False)])
+def test_the_python_header_test_tells_a_loop_from_a_header(text, closes):
+    assert _reads_as_a_python_header(text) is closes
 
 
 def test_forward_on_128_tokens_is_fast(tiny_checkpoint):

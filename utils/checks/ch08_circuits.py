@@ -289,6 +289,9 @@ def _same_shares(out: dict, other, names: list[str]) -> bool:
         return False
 
 
+KEY_BATCH = 3  # neither sqrt(d_head) (4 on the induction model) nor repeat_len: each scale mistake stays distinct
+
+
 @checker("key_decomposition", KEY_DECOMPOSITION_MISTAKES, chapter=CHAPTER)
 def key_decomposition(key_score_decomposition: Callable) -> None:
     """Each key component's share of a layer-1 head's score on the induction stripe, on the induction model and on
@@ -299,12 +302,12 @@ def key_decomposition(key_score_decomposition: Callable) -> None:
         for which, repeat_len, seed, heads in KEY_CASES:
             model = load_induction_model() if which == 0 else _random_model(2)
             name = "the induction model" if which == 0 else "a randomly initialised model of the same shape"
-            tokens = repeated_tokens(4, repeat_len, seed)
+            tokens = repeated_tokens(KEY_BATCH, repeat_len, seed)
             with t.no_grad():
                 _, cache = model.run_with_cache(tokens)
             names = _key_components(model)
             for head in heads:
-                context = f"L1H{head} of {name} on [BOS, r, r] (batch 4, repeat_len {repeat_len})"
+                context = f"L1H{head} of {name} on [BOS, r, r] (batch {KEY_BATCH}, repeat_len {repeat_len})"
                 mine = copy.deepcopy(model)
                 with t.no_grad():
                     _, fresh = mine.run_with_cache(tokens)

@@ -359,7 +359,10 @@ def _key_shares(model, cache, layer, head, repeat_len, *, key_offset=1, scale=Tr
     norm = attn.cfg.d_head ** 0.5 if scale else 1.0
 
     def share(per_query: Tensor) -> float:
-        return float((per_query.sum(-1).sum() if reduce == "sum" else per_query.sum(-1).mean()) / norm)
+        score = per_query.sum(-1)  # [batch, query]
+        reduced = {"sum": score.sum(), "mean": score.mean(), "sum_queries": score.sum(-1).mean(),
+                   "sum_batch": score.sum(0).mean()}[reduce]
+        return float(reduced / norm)
 
     shares = {name: share((part[:, key_pos] @ W) * q) for name, part in parts.items()}
     shares["b_K"] = share(attn.b_K[head] * q)
@@ -382,6 +385,15 @@ KEY_DECOMPOSITION_MISTAKES = [
     Mistake("summed_over_batch_and_queries", lambda *a: _key_shares(*a, reduce="sum"),
             "you summed over the batch and the query positions: each share is a mean, so that the shares add up to "
             "the head's mean score on the stripe."),
+    Mistake("summed_over_queries", lambda *a: _key_shares(*a, reduce="sum_queries"),
+            "you summed over the query positions (and averaged over the batch): each share is a mean over both, "
+            "so that the shares add up to the head's mean score on the stripe; use .mean() over queries too."),
+    Mistake("summed_over_batch", lambda *a: _key_shares(*a, reduce="sum_batch"),
+            "you summed over the batch (and averaged over the query positions): each share is a mean over both, "
+            "so that the shares add up to the head's mean score on the stripe; use .mean() over the batch too."),
+    Mistake("keys_one_position_late", lambda *a: _key_shares(*a, key_offset=2),
+            "your keys sit one position too late (query position - (repeat_len - 2)): the induction stripe's key is "
+            "query position - (repeat_len - 1), the token just after the earlier occurrence."),
     Mistake("last_query_left_out", lambda *a: _key_shares(*a, last_query=-1),
             "your queries stop one short: the second copy's queries are repeat_len + 1 up to and including "
             "2 * repeat_len, t.arange(repeat_len + 1, 2 * repeat_len + 1) (arange leaves out its end)."),

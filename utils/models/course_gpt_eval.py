@@ -198,7 +198,9 @@ Previous-token scores:
 
 ## Limits
 It knows Python's standard library and nothing else: English prose gets code-flavoured guesses. Prompt with
-`"def"`, not `"def "` (a lone space is rare in this corpus). Tokens outside the vocabulary read as `⁇`.
+`"def"`, not `"def "` (a lone space is rare in this corpus). Tokens outside the vocabulary read as `⁇`. Greedy
+decoding can loop (`name, name, name, …`): chapter 06's samplers are the cure. The recipe's experiments, including
+those that did not form induction heads: `docs/course_gpt_recipe.md`.
 """
 
 

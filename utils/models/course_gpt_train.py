@@ -28,7 +28,7 @@ from utils.models.course_gpt import CHECKPOINT, SIZE, Split, build_model, file_s
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 1900
+    steps: int = 5000
     batch: int = 16
     seq_len: int = 256
     lr: float = 3e-3
