@@ -341,6 +341,10 @@ COMPOSITION_MISTAKES = [
 # --------------------------------------------------------------------------------------- key decomposition
 
 
+REDUCTIONS = {"mean": lambda s: s.mean(), "sum": lambda s: s.sum(),  # s: [batch, query]
+              "sum_queries": lambda s: s.sum(-1).mean(), "sum_batch": lambda s: s.sum(0).mean()}
+
+
 def _key_shares(model, cache, layer, head, repeat_len, *, key_offset=1, scale=True, key_weights="W_K",
                 keys_at_queries=False, reduce="mean", query_bias=True, last_query=0):
     """The reference's shares, with one thing changed (`key_offset=0`: the earlier occurrence itself)."""
@@ -360,9 +364,7 @@ def _key_shares(model, cache, layer, head, repeat_len, *, key_offset=1, scale=Tr
 
     def share(per_query: Tensor) -> float:
         score = per_query.sum(-1)  # [batch, query]
-        reduced = {"sum": score.sum(), "mean": score.mean(), "sum_queries": score.sum(-1).mean(),
-                   "sum_batch": score.sum(0).mean()}[reduce]
-        return float(reduced / norm)
+        return float(REDUCTIONS[reduce](score) / norm)
 
     shares = {name: share((part[:, key_pos] @ W) * q) for name, part in parts.items()}
     shares["b_K"] = share(attn.b_K[head] * q)
