@@ -56,8 +56,13 @@ def _patching_case(batch: int, repeat_len: int, prefix_len: int, seed: int):
     model = load_induction_model()
     prompts = ref.induction_patching_prompts(batch, repeat_len, prefix_len, seed)
     with t.no_grad():
-        metric = ref.normalised_metric(model(prompts["clean"]), model(prompts["corrupted"]), prompts["answers"],
-                                       prompts["distractors"])
+        clean, corrupted = model(prompts["clean"]), model(prompts["corrupted"])
+        metric = ref.normalised_metric(clean, corrupted, prompts["answers"], prompts["distractors"])
+    # what the metric is, as data: the trusted grader's sandbox rebuilds it from this (utils/grading/trusted.py)
+    metric.probe_spec = {"metric": "normalised_logit_diff", "answers": prompts["answers"],
+                         "distractors": prompts["distractors"],
+                         "clean": ref.logit_diff(clean, prompts["answers"], prompts["distractors"]),
+                         "corrupted": ref.logit_diff(corrupted, prompts["answers"], prompts["distractors"])}
     return prompts, metric
 
 

@@ -229,7 +229,7 @@ def autograde(jobs: list[tuple[Path, str, str]], workers: int | None = None, *, 
     lock = threading.Lock()
     for chapter in sorted({chapter for _, chapter, _ in jobs if covered(chapter)}):
         ensure_plans(chapter)  # once, before the workers start (each would otherwise record its own)
-        ensure_package()
+        ensure_package(chapter)
 
     def one(job):
         root, chapter, student = job

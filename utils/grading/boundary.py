@@ -34,10 +34,21 @@ from utils.grading import wire
 
 UTILS = Path(__file__).resolve().parents[1]
 # chapter -> the reference module its exercises' solutions are exported to
-COVERED = {"01_foundations": "foundations", "02_components": "components"}
+COVERED = {"01_foundations": "foundations", "02_components": "components", "04_interpretability": "interp",
+           "08_circuits": "circuits"}
 PACKAGE_FILES = ("__init__.py", "notebook.py", "reference_model.py", "tokenizer.py")
+# what a chapter's setup and demo cells import beyond PACKAGE_FILES: earlier chapters' solutions, which its
+# notebook hands out (chapter 04 is given chapter 03's EducationalTransformer), never its own
+_INTERP_FILES = ("reference/__init__.py", "reference/components.py", "reference/model.py", "induction.py",
+                 "plotting.py", "corpus.py", "models/__init__.py", "models/course_gpt.py", "models/compact_tokenizer.py",
+                 "data/induction_model.pt", "data/course_gpt.pt")
+CHAPTER_FILES = {
+    "04_interpretability": _INTERP_FILES,
+    "08_circuits": (*_INTERP_FILES, "reference/interp.py"),  # chapter 08 is given chapter 04's functions
+}
 VERSIONED = ("checks", "reference", "reference_model.py", "tokenizer.py", "notebook.py", "__init__.py",
-             "grading/trusted.py", "grading/wire.py", "grading/stub_checks.py", "grading/boundary.py")
+             "grading/trusted.py", "grading/plan_encoding.py", "grading/wire.py", "grading/stub_checks.py",
+             "grading/boundary.py")
 JUDGE_TAG = "tfs-judge:"
 IN_PROCESS = "judged in the learner's process (scan only)"
 OUTSIDE = "judged outside the learner's process"
@@ -54,7 +65,7 @@ def grading_kind() -> str:
 
 def _version() -> str:
     digest = hashlib.sha256()
-    for name in VERSIONED:
+    for name in sorted(set(VERSIONED) | {f for files in CHAPTER_FILES.values() for f in files}):
         path = UTILS / name
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(str(file.relative_to(UTILS)).encode() + file.read_bytes())
@@ -133,13 +144,19 @@ def ensure_plans(chapter: str, kind: str | None = None) -> Path:
     return _publish(build, _base() / "plans" / kind / chapter)
 
 
-def ensure_package() -> Path:
-    """The folder that holds the sandbox's `utils` package (its parent goes on the kernel's PYTHONPATH)."""
+def package_files(chapter: str | None = None) -> tuple[str, ...]:
+    return PACKAGE_FILES + CHAPTER_FILES.get(chapter or "", ())
+
+
+def ensure_package(chapter: str | None = None) -> Path:
+    """The folder that holds the sandbox's `utils` package for `chapter` (its parent goes on the kernel's
+    PYTHONPATH)."""
 
     def build(folder: Path) -> None:
         package = folder / "utils"
         (package / "checks").mkdir(parents=True)
-        for name in PACKAGE_FILES:
+        for name in package_files(chapter):
+            (package / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(UTILS / name, package / name)
         shutil.copyfile(UTILS / "grading" / "stub_checks.py", package / "checks" / "__init__.py")
         shutil.copyfile(UTILS / "grading" / "wire.py", package / "checks" / "_wire.py")
@@ -147,7 +164,7 @@ def ensure_package() -> Path:
         for path in [package, package / "checks", *package.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
-    return _publish(build, _base() / "package")
+    return _publish(build, _base() / "package" / (chapter if chapter in CHAPTER_FILES else "base"))
 
 
 # ------------------------------------------------------------------------------------------ one notebook
@@ -206,7 +223,7 @@ def session(chapter: str):
     (root / "out").mkdir(mode=0o777)
     os.chmod(root, 0o755)
     os.chmod(root / "out", 0o777)  # the sandbox's user writes here
-    _SESSION = ProbeSession(chapter, ensure_plans(chapter), ensure_package(), root)
+    _SESSION = ProbeSession(chapter, ensure_plans(chapter), ensure_package(chapter), root)
     try:
         yield _SESSION
     finally:

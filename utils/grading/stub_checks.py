@@ -67,11 +67,57 @@ def _attend(spec: dict):
     return attend
 
 
+def _metric(spec: dict):
+    """Chapter 08's normalised logit difference: 0 at the corrupted run's value, 1 at the clean run's."""
+    answers, distractors = spec["answers"], spec["distractors"]
+    clean, corrupted = spec["clean"], spec["corrupted"]
+
+    def metric(logits):
+        last = logits[:, -1]
+        diff = (last.gather(-1, answers[:, None]) - last.gather(-1, distractors[:, None])).mean()
+        return (diff - corrupted) / (clean - corrupted)
+
+    return metric
+
+
 class _Decoder:
     """Rebuilds a recorded argument; remembers which plan tensor became which fresh tensor."""
 
     def __init__(self, tensors: dict) -> None:
-        self.tensors, self.made = tensors, {}
+        self.tensors, self.made, self.models = tensors, {}, {}
+
+    def model(self, doc: dict):
+        """The course model a plan describes (chapter 03's EducationalTransformer, which the notebooks of later
+        chapters import too), built once per call; its parameters are what `made` watches for changes."""
+        key = json.dumps(doc, sort_keys=True)
+        if key not in self.models:
+            from utils.reference.model import EducationalTransformer, TransformerConfig
+
+            if "gpt2" in doc:  # the reference GPT-2 in the course's model, from the demo reference here
+                from utils.reference_model import config_fields, shared_params
+
+                model = EducationalTransformer(TransformerConfig(**config_fields(doc["gpt2"])))
+                model.load_state_dict({**model.state_dict(), **shared_params(doc["gpt2"])}, strict=True)
+            else:
+                model = EducationalTransformer(TransformerConfig(**self(doc["cfg"])))
+                if not doc.get("layer_norms", True):
+                    from utils.induction import strip_layer_norms
+
+                    strip_layer_norms(model)
+                model.load_state_dict({name: self.tensors[ref["$t"]] for name, ref in doc["state"]["$dict"].items()},
+                                      strict=True)
+                own = model.state_dict()
+                for name, ref in doc["state"]["$dict"].items():
+                    self.made[ref["$t"]] = own[name]
+            model.train(bool(doc.get("training")))
+            if doc.get("frozen"):
+                model.requires_grad_(False)
+            self.models[key] = model
+        return self.models[key]
+
+    def hooks_left(self) -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                   for model in self.models.values() for m in model.modules())
 
     def __call__(self, doc):
         if isinstance(doc, list):
@@ -94,14 +140,21 @@ class _Decoder:
             from utils.tokenizer import gpt2_tokenizer
 
             return gpt2_tokenizer()
+        if "$metric" in doc:
+            return _metric({k: self(v) for k, v in doc["$metric"].items()})
         if "$attend" in doc:
             return _attend({k: self(v) for k, v in doc["$attend"].items()})
+        if "$model" in doc:
+            return self.model(doc["$model"])
         if "$cache" in doc:
             from transformer_lens import ActivationCache
 
+            items = {k: self(v) for k, v in doc["$cache"].items()}
+            if "$cache_model" in doc:
+                return ActivationCache(items, self(doc["$cache_model"]))
             from utils.reference_model import reference_gpt2
 
-            return ActivationCache({k: self(v) for k, v in doc["$cache"].items()}, reference_gpt2())
+            return ActivationCache(items, reference_gpt2())
         raise ValueError(f"unknown recorded value {sorted(doc)[:3]}")
 
 
@@ -137,7 +190,7 @@ def _call(fn, ops: dict, decode: _Decoder, writer: wire.Writer) -> dict:
         old = before[key]
         if x.shape != old.shape or x.dtype != old.dtype or not t.equal(x, old):
             mutated[key] = writer.tensor(x)
-    return {"out": wire.encode(out, writer), "mutated": mutated}
+    return {"out": wire.encode(out, writer), "mutated": mutated, "hooks_left": decode.hooks_left()}
 
 
 def _trace(arg, trace: dict, tensors: dict, writer: wire.Writer, classes: dict) -> list:

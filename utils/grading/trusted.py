@@ -32,57 +32,12 @@ from torch import nn
 
 from utils.checks import module_runs
 from utils.grading import wire
+from utils.grading.plan_encoding import PlanError, _encode, digest, tensor_keys  # noqa: F401 (PlanError: re-exported)
 
 
 class Unverifiable(BaseException):
     """The learner's results do not answer a call the checker makes (a BaseException, so that no checker's
     `except Exception` turns it into an ordinary failure message)."""
-
-
-class PlanError(RuntimeError):
-    """A checker did something the recording stand-in cannot write down as data."""
-
-
-# ------------------------------------------------------------------------------------------------ encoding
-
-
-def special(x: Any) -> dict | None:
-    """The arguments checkers pass that are not tensors or scalars, encoded by what they are."""
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {"$cfg": {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}}
-    spec = getattr(x, "probe_spec", None)
-    if callable(x) and isinstance(spec, dict):
-        return {"$attend": spec}  # a fixed attention function (chapter 01's equivariance_error)
-    name = type(x).__name__
-    if name == "ActivationCache":
-        return {"$cache": dict(x.items())}
-    if name.endswith("TokenizerFast") or name.endswith("Tokenizer"):
-        return {"$tokenizer": "gpt2"}
-    return None
-
-
-def _encode(x: Any, writer: wire.Writer) -> Any:
-    def inner(value):
-        done = special(value)
-        if done is None:
-            return None
-        key, body = next(iter(done.items()))
-        if key == "$tokenizer":
-            return done
-        if key == "$cfg":
-            return {"$cfg": {k: v for k, v in body.items()}}
-        return {key: {k: wire.encode(v, writer, inner) for k, v in body.items()}}
-
-    encoded = wire.encode(x, writer, inner)
-    if "$opaque" in json.dumps(encoded):
-        raise PlanError(f"cannot write {type(x).__name__} down as data")
-    return encoded
-
-
-def digest(doc: Any, args: Any = ()) -> tuple[str, list[t.Tensor]]:
-    """The op `doc` with its tensors (`args`, encoded) replaced by digests; and those tensors, in order."""
-    prints = wire.Fingerprints()
-    return json.dumps([doc, _encode(args, prints)], sort_keys=True), prints.seen
 
 
 # ---------------------------------------------------------------------------------------------- recording
@@ -102,11 +57,10 @@ class Recorder:
         return trace
 
     def op(self, trace: dict, doc: dict, args: Any = ()) -> None:
-        start = len(self.writer.tensors)
         encoded = _encode(args, self.writer)
         trace["ops"].append({**doc, "args": encoded})
         trace["fps"].append(digest(doc, args)[0])
-        trace["keys"].append([f"t{i}" for i in range(start, len(self.writer.tensors))])
+        trace["keys"].append(tensor_keys(encoded))
 
     def document(self, exercise: str, argument: str) -> dict:
         return {"exercise": exercise, "argument": argument, "traces": self.traces}
@@ -279,6 +233,7 @@ class Replay:
     tensors: dict[str, t.Tensor]
 
     def __post_init__(self) -> None:
+        self.undo: list = []  # what `restore` takes back: the grader's models are cached and shared
         self.classes: dict[str, type] = {}
         self.traces = self.plan["traces"]
         outcome = self.results.get("traces") if isinstance(self.results, dict) else None
@@ -300,6 +255,21 @@ class Replay:
             raise _rebuild(result["raised"])
         return matching, result.get("ok"), i
 
+    def changed(self, target: t.Tensor, new: t.Tensor) -> None:
+        """Apply the learner's in-place change to `target`, and remember how to take it back."""
+        with t.no_grad():
+            old = target.detach().clone()
+            try:
+                target.copy_(new)
+                self.undo.append(lambda: t.no_grad()(target.copy_)(old))
+            except RuntimeError:  # a shape or dtype the learner's in-place code changed
+                target.set_(new)
+                self.undo.append(lambda: t.no_grad()(target.set_)(old))
+
+    def restore(self) -> None:
+        while self.undo:
+            self.undo.pop()()
+
     def output(self, ok: Any, trace: int, k: int, tensors: list[t.Tensor]) -> Any:
         """The call's returned value; inputs the learner's code changed in place are changed here too."""
         if not isinstance(ok, dict):
@@ -311,11 +281,11 @@ class Replay:
                 if key in keys and keys.index(key) < len(tensors):
                     target, new = tensors[keys.index(key)], decode(ref, self.tensors)
                     if isinstance(new, t.Tensor):
-                        with t.no_grad():
-                            try:
-                                target.copy_(new)
-                            except RuntimeError:  # a shape or dtype the learner's in-place code changed
-                                target.set_(new)
+                        self.changed(target, new)
+        hooks = ok.get("hooks_left")
+        if isinstance(hooks, int) and not isinstance(hooks, bool) and hooks > 0:  # hooks left on a given model
+            for model in getattr(tensors, "models", []):
+                self.undo.append(model.register_forward_hook(_left_behind).remove)
         return decode(ok.get("out"), self.tensors)
 
     def replay_class(self, target: list, name: str) -> type:
@@ -341,6 +311,11 @@ class Replay:
             return lambda *args, **kwargs: None
         value = arg.get("value")
         return value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else _opaque(name)
+
+
+def _left_behind(module, args, output):
+    """Stands for a hook the learner's code left on a model in the sandbox (it changes nothing here)."""
+    return None
 
 
 def _signature(names: Any):
@@ -464,8 +439,9 @@ class Verdict:
 def judge(exercise: str, checker, plan: dict, results: Any, tensors: dict[str, t.Tensor]) -> Verdict:
     """Run `checker` here on the learner's recorded results; its pass line or its failure message."""
     out = io.StringIO()
+    replay = Replay(plan, results if isinstance(results, dict) else {}, tensors)
     try:
-        stand_in = Replay(plan, results if isinstance(results, dict) else {}, tensors).argument()
+        stand_in = replay.argument()
         with contextlib.redirect_stdout(out):
             checker(stand_in)
     except Unverifiable as exc:
@@ -475,4 +451,6 @@ def judge(exercise: str, checker, plan: dict, results: Any, tensors: dict[str, t
     except Exception as exc:  # the checker crashed on what the learner's code returned: that is no pass
         return Verdict(False, type(exc).__name__,
                        f"checks.{exercise} could not judge what your code returned: {type(exc).__name__}: {exc}")
+    finally:
+        replay.restore()
     return Verdict(True, "", out.getvalue().strip())
