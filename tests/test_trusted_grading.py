@@ -59,10 +59,11 @@ def _stub(plans: Path, out: Path):
 
 
 def _in_process(exercise: str, impl) -> tuple[bool, str]:
+    """The verdict of the checker run here on `impl` (a tuple: the several arguments a test cell passes)."""
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            CHECKERS[exercise](impl)
+            CHECKERS[exercise](*(impl if isinstance(impl, tuple) else (impl,)))
     except (AssertionError, NotImplementedError) as exc:
         return False, str(exc)
     return True, out.getvalue().strip()
@@ -79,7 +80,7 @@ def _verdict(chapter: str, exercise: str, out: Path) -> tuple[bool, str]:
 def _replayed(chapter: str, exercise: str, impl, tmp_path: Path) -> tuple[bool, str]:
     stub = _stub(boundary.ensure_plans(chapter, KIND), tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):
-        getattr(stub, exercise)(impl)
+        getattr(stub, exercise)(*(impl if isinstance(impl, tuple) else (impl,)))
     return _verdict(chapter, exercise, tmp_path)
 
 
@@ -90,7 +91,8 @@ def _exercises(chapter: str) -> list[str]:
 REFERENCE_CASES = [(c, e) for c in CHAPTERS for e in _exercises(c)]
 # every catalogued mistake of the chapters whose checkers take modules, models and caches (chapter 01's are plain
 # functions of tensors, which the reference cases cover)
-MISTAKE_CASES = [(c, e, m) for c in ("02_components", "04_interpretability") for e in _exercises(c) for m in MISTAKES[e]]
+MISTAKE_CASES = [(c, e, m) for c in ("02_components", "04_interpretability", "06_sampling") for e in _exercises(c)
+                 for m in MISTAKES[e]]
 # chapter 08's 51 mistakes take minutes through replay (all 51 gave the in-process message when measured;
 # TFS_REPLAY_ALL_MISTAKES=1 runs them all): by default one per exercise, leaving out the two slowest sweeps, whose
 # reference cases above still go through replay
@@ -137,7 +139,8 @@ def test_a_call_the_plan_does_not_hold_cannot_be_verified(tmp_path):
 
 
 BASE_PACKAGE = {"__init__.py", "notebook.py", "reference_model.py", "tokenizer.py", "checks/__init__.py",
-                "checks/_wire.py", "checks/_module_runs.py"}
+                "checks/_wire.py", "checks/_module_runs.py", "checks/_flops.py",
+                "checks/_spies.py"}
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -147,10 +150,10 @@ def test_the_sandbox_package_holds_no_reference_checker_or_catalogue(chapter):
     assert names == BASE_PACKAGE | set(boundary.CHAPTER_FILES.get(chapter, ()))
     given = {n for n in names if n.startswith("reference/") and n != "reference/__init__.py"}
     # only earlier chapters' solutions, which the chapter's own notebook imports: chapter 04 gets chapter 03's
-    # model and chapter 02's components, never chapter 04's functions
+    # model and chapter 02's components, never chapter 04's functions; chapter 06 also chapter 05's loader
     assert f"reference/{boundary.COVERED[chapter]}.py" not in names
-    assert given <= {"reference/components.py", "reference/model.py", "reference/interp.py"}
     earlier = {"04_interpretability": {"reference/components.py", "reference/model.py"},
+               "06_sampling": {"reference/components.py", "reference/model.py", "reference/training.py"},
                "08_circuits": {"reference/components.py", "reference/model.py", "reference/interp.py"}}
     assert given == earlier.get(chapter, set())
     for path in package.rglob("*.py"):
@@ -339,6 +342,35 @@ def test_chapter_04_reference_is_not_in_the_sandbox_and_lies_do_not_pass(tmp_pat
     assert not passed and "head_ablation_effect" in message
 
 
+# Chapter 06: the learner's cache goes back into the learner's next call inside the sandbox, the checker's random
+# state reaches each call, and the FLOPs the learner's code does there are counted for the checker.
+def _kv_source() -> str:
+    import inspect
+
+    from utils.reference import sampling
+
+    parts = [inspect.getsource(getattr(sampling, name)) for name in ("KVCache", "attention_with_cache", "forward_with_cache")]
+    return ("from dataclasses import dataclass\nimport einops\nimport torch as t\n"
+            "from jaxtyping import Float, Int\nfrom torch import Tensor\nfrom utils.reference.model import "
+            "EducationalTransformer\n" + "\n\n".join(parts))
+
+
+def test_chapter_06_a_kv_cache_from_another_process_passes_and_wasted_work_is_counted(tmp_path):
+    source = _kv_source()  # the reference's own text, run as the learner's code on the learner's side
+    proc = _learner_process(source, "kv_cache", "forward_with_cache", tmp_path / "a", "06_sampling")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    passed, message = _verdict("06_sampling", "kv_cache", tmp_path / "a")
+    assert passed and "one new token costs" in message, message
+    wasteful = source.replace("    return model.unembed(model.ln_final(residual)), KVCache(keys, values)",
+                              "    model(t.zeros(tokens.shape[0], 16, dtype=t.long))  # a full pass, thrown away\n"
+                              "    return model.unembed(model.ln_final(residual)), KVCache(keys, values)")
+    assert wasteful != source
+    proc = _learner_process(wasteful, "kv_cache", "forward_with_cache", tmp_path / "b", "06_sampling")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    passed, message = _verdict("06_sampling", "kv_cache", tmp_path / "b")
+    assert not passed and "one new token after 15 cached positions cost" in message, message
+
+
 def _chapter_list(numbers: list[str]) -> str:
     """'03 and 05 to 07' for ['03', '05', '06', '07']: runs of three or more consecutive chapters as ranges."""
     runs: list[list[str]] = []
@@ -363,7 +395,7 @@ def test_instructors_guide_lists_how_each_chapter_is_judged():
     guide = " ".join((REPO / "docs" / "instructors.md").read_text().split())
     section = guide[guide.index("### Where the grading boundary is"):]
     outside = sorted(c for c in chapters() if boundary.covered(c))
-    assert outside == CHAPTERS == ["01_foundations", "02_components", "04_interpretability", "08_circuits"]
+    assert outside == CHAPTERS == ["01_foundations", "02_components", "04_interpretability", "06_sampling", "08_circuits"]
     counts = {c: len(_exercises(c)) for c in CHAPTERS}
     assert (f"Chapters {_chapter_list([c[:2] for c in outside])} are graded outside the learner's process: every one "
             f"of their {sum(counts.values())} exercises") in section

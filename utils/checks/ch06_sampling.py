@@ -29,47 +29,12 @@ from utils.checks.core import (
     passed,
 )
 from utils.checks.flops import count_flops
+from utils.checks.spies import SpyZero as _SpyZero
 from utils.checks.ids import assert_ids
 from utils.checks.sampling_common import CHAPTER, one_row_message, prompts, safe, seeded, small_model, unchanged
 from utils.reference import sampling as ref
 
 # ------------------------------------------------------------------------------------------------ greedy
-
-
-class _SpyZero(float):
-    """temperature=0.0 that notes when it is compared: proof that the loop handed it on to sample_next_token."""
-
-    def __new__(cls):
-        spy = super().__new__(cls, 0.0)
-        spy.seen = False
-        return spy
-
-    def _see(self, result):
-        self.seen = True
-        return result
-
-    def __eq__(self, other):
-        return self._see(float(self) == other)
-
-    def __ne__(self, other):
-        return self._see(float(self) != other)
-
-    def __lt__(self, other):
-        return self._see(float(self) < other)
-
-    def __le__(self, other):
-        return self._see(float(self) <= other)
-
-    def __gt__(self, other):
-        return self._see(float(self) > other)
-
-    def __ge__(self, other):
-        return self._see(float(self) >= other)
-
-    def __bool__(self):
-        return self._see(False)
-
-    __hash__ = float.__hash__
 
 
 _SAMPLERS = ("apply_temperature", "apply_frequency_penalty", "sample_basic", "sample_top_k", "sample_top_p")

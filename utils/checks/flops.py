@@ -16,9 +16,19 @@ class MatmulFlops(TorchFunctionMode):
     _PRODUCTS = {t.matmul, Tensor.matmul, Tensor.__matmul__, t.mm, Tensor.mm, t.bmm, Tensor.bmm}
     _WITH_BIAS = {t.addmm, Tensor.addmm, t.baddbmm, Tensor.baddbmm}
 
+    active: list = []  # the counters open now, innermost last (the trusted grader adds the sandbox's counts)
+
     def __init__(self) -> None:
         super().__init__()
         self.flops = 0
+
+    def __enter__(self):
+        MatmulFlops.active.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        MatmulFlops.active.remove(self)
+        return super().__exit__(*exc_info)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -65,3 +75,9 @@ def count_flops(fn, *args, **kwargs):
     with MatmulFlops() as counter:
         result = fn(*args, **kwargs)
     return result, counter.flops
+
+
+def add_reported(flops: int) -> None:
+    """Count `flops` done elsewhere (the learner's code, run in the grading sandbox) in every open counter."""
+    for counter in MatmulFlops.active:
+        counter.flops += int(flops)

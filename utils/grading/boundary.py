@@ -35,7 +35,7 @@ from utils.grading import wire
 UTILS = Path(__file__).resolve().parents[1]
 # chapter -> the reference module its exercises' solutions are exported to
 COVERED = {"01_foundations": "foundations", "02_components": "components", "04_interpretability": "interp",
-           "08_circuits": "circuits"}
+           "06_sampling": "sampling", "08_circuits": "circuits"}
 PACKAGE_FILES = ("__init__.py", "notebook.py", "reference_model.py", "tokenizer.py")
 # what a chapter's setup and demo cells import beyond PACKAGE_FILES: earlier chapters' solutions, which its
 # notebook hands out (chapter 04 is given chapter 03's EducationalTransformer), never its own
@@ -44,6 +44,9 @@ _INTERP_FILES = ("reference/__init__.py", "reference/components.py", "reference/
                  "data/induction_model.pt", "data/course_gpt.pt")
 CHAPTER_FILES = {
     "04_interpretability": _INTERP_FILES,
+    "06_sampling": ("reference/__init__.py", "reference/components.py", "reference/model.py", "reference/training.py",
+                    "corpus.py", "models/__init__.py", "models/course_gpt.py", "models/compact_tokenizer.py",
+                    "data/course_gpt.pt"),  # chapter 06 is given chapter 05's checkpoint loader
     "08_circuits": (*_INTERP_FILES, "reference/interp.py"),  # chapter 08 is given chapter 04's functions
 }
 VERSIONED = ("checks", "reference", "reference_model.py", "tokenizer.py", "notebook.py", "__init__.py",
@@ -109,15 +112,18 @@ def reference_kind(kind: str):
 
 
 def reference_targets(chapter: str) -> dict:
-    """{exercise: the reference class or function its test cell's `checks.<id>(Name)` stands for}."""
+    """{exercise: the reference class or function its test cell's `checks.<id>(Name)` stands for; a tuple of
+    them for a cell that passes several, `checks.<id>(A, B)`}."""
     from utils.checks.catalogue import check_calls
 
     module = importlib.import_module(f"utils.reference.{COVERED[chapter]}")
     found = {}
     for call in check_calls():
-        match = re.match(r"^checks\.(\w+)\((\w+)\)$", call.source)
+        match = re.match(r"^checks\.(\w+)\((\w+(?:, \w+)*)\)$", call.source)
         if call.notebook == chapter and match:
-            found[match.group(1)] = getattr(module, match.group(2))
+            names = match.group(2).split(", ")
+            refs = tuple(getattr(module, name) for name in names)
+            found[match.group(1)] = refs[0] if len(refs) == 1 else refs
     return found
 
 
@@ -132,7 +138,8 @@ def ensure_plans(chapter: str, kind: str | None = None) -> Path:
         index = {}
         with reference_kind(kind):
             for exercise, reference in reference_targets(chapter).items():
-                document, tensors = record(exercise, CHECKERS[exercise], reference)
+                references = reference if isinstance(reference, tuple) else (reference,)
+                document, tensors = record(exercise, CHECKERS[exercise], *references)
                 writer = wire.Writer()
                 writer.tensors = tensors
                 writer.save(folder / exercise, document)
@@ -161,6 +168,8 @@ def ensure_package(chapter: str | None = None) -> Path:
         shutil.copyfile(UTILS / "grading" / "stub_checks.py", package / "checks" / "__init__.py")
         shutil.copyfile(UTILS / "grading" / "wire.py", package / "checks" / "_wire.py")
         shutil.copyfile(UTILS / "checks" / "module_runs.py", package / "checks" / "_module_runs.py")
+        shutil.copyfile(UTILS / "checks" / "flops.py", package / "checks" / "_flops.py")
+        shutil.copyfile(UTILS / "checks" / "spies.py", package / "checks" / "_spies.py")
         for path in [package, package / "checks", *package.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 

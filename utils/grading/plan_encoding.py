@@ -35,8 +35,9 @@ def _reference_gpt2_kind(model: nn.Module) -> str | None:
     from utils.reference.interp import gpt2_course_model
     from utils.reference_model import reference_info
 
-    kind = reference_info().kind
-    return kind if model is gpt2_course_model() else None
+    with t.random.fork_rng(devices=[]):  # building it the first time draws initial weights: the checker's random
+        kind = reference_info().kind      # state must be as if this never ran
+        return kind if model is gpt2_course_model() else None
 
 
 def _model_doc(model: nn.Module) -> dict:
@@ -54,6 +55,10 @@ def special(x: Any) -> dict | None:
     """The arguments checkers pass that are not tensors or scalars, encoded by what they are."""
     if course_model(x):
         return {"$model": _model_doc(x)}
+    if type(x).__name__ == "SpyZero" and isinstance(x, float):
+        return {"$spy_zero": 0}  # chapter 06's temperature=0.0 that notes whether the loop compared it
+    if type(x).__name__ == "KVCache" and dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {"$kv": {"keys": list(x.keys), "values": list(x.values)}}  # chapter 06's cache, given code
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return {"$cfg": {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}}
     spec = getattr(x, "probe_spec", None)
@@ -71,15 +76,29 @@ def special(x: Any) -> dict | None:
     return None
 
 
-def _encode(x: Any, writer: wire.Writer) -> Any:
+def returned_parts(out: Any) -> list[tuple[int, Any]]:
+    """The parts of a call's result that a checker may hand back to a later call (chapter 06's KV cache):
+    (index in the returned tuple, object)."""
+    items = out if type(out) in (tuple, list) else [out]
+    return [(i, item) for i, item in enumerate(items) if type(item).__name__ == "KVCache"]
+
+
+def _encode(x: Any, writer: wire.Writer, returned: dict | None = None) -> Any:
+    """`returned`: id -> (object, [trace, index]) of what earlier calls returned; such a value is written as a
+    reference to that result, so that the sandbox hands the learner's code back its own earlier result."""
     memo = writer.__dict__.setdefault("memo", {})  # id -> (object, its doc): one model is written down once
 
     def inner(value):
+        if returned and id(value) in returned and returned[id(value)][0] is value:
+            return {"$returned": returned[id(value)][1]}
         done = special(value)
         if done is None:
             return None
         key, body = next(iter(done.items()))
         if key == "$tokenizer":
+            return done
+        if key == "$spy_zero":
+            writer.__dict__.setdefault("spies", []).append(value)
             return done
         if key == "$cfg":
             return {"$cfg": {k: v for k, v in body.items()}}
@@ -120,15 +139,18 @@ def tensor_keys(doc: Any) -> list[str]:
 
 
 class Seen(list):
-    """The tensors of a digested call, in order; `models`: the course models among its arguments."""
+    """The tensors of a digested call, in order; `models`: the course models among its arguments; `spies`:
+    its temperature spies."""
 
     models: list
+    spies: list
 
 
-def digest(doc: Any, args: Any = ()) -> tuple[str, Seen]:
+def digest(doc: Any, args: Any = (), returned: dict | None = None) -> tuple[str, Seen]:
     """The op `doc` with its tensors (`args`, encoded) replaced by digests; and those tensors, in order."""
     prints = wire.Fingerprints()
-    fp = json.dumps([doc, _encode(args, prints)], sort_keys=True)
+    fp = json.dumps([doc, _encode(args, prints, returned)], sort_keys=True)
     seen = Seen(prints.seen)
     seen.models = [obj for obj, _ in prints.__dict__.get("memo", {}).values()]
+    seen.spies = list(prints.__dict__.get("spies", []))
     return fp, seen

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch as t
 from torch import nn
 
+from . import _flops
+from ._spies import SpyZero as _SpyZero
 from . import _module_runs as module_runs
 from . import _wire as wire
 
@@ -80,11 +82,27 @@ def _metric(spec: dict):
     return metric
 
 
+_MISSING = object()
+
+
+@dataclasses.dataclass
+class KVCache:
+    """Chapter 06's cache, as its notebook gives it: each layer's keys and values, each [batch pos n_heads d_head]."""
+
+    keys: list
+    values: list
+
+    @property
+    def n_positions(self) -> int:
+        return self.keys[0].shape[1] if self.keys else 0
+
+
 class _Decoder:
     """Rebuilds a recorded argument; remembers which plan tensor became which fresh tensor."""
 
-    def __init__(self, tensors: dict) -> None:
-        self.tensors, self.made, self.models = tensors, {}, {}
+    def __init__(self, tensors: dict, returned: dict | None = None) -> None:
+        self.tensors, self.made, self.models, self.spies = tensors, {}, {}, []
+        self.returned = returned if returned is not None else {}
 
     def model(self, doc: dict):
         """The course model a plan describes (chapter 03's EducationalTransformer, which the notebooks of later
@@ -140,6 +158,18 @@ class _Decoder:
             from utils.tokenizer import gpt2_tokenizer
 
             return gpt2_tokenizer()
+        if "$returned" in doc:  # what the learner's code returned from an earlier call (its own KV cache)
+            trace, index = doc["$returned"]
+            out = self.returned.get(trace)
+            if out is _MISSING or out is None:
+                raise ValueError("an earlier call this one builds on did not return")
+            return (out if type(out) in (tuple, list) else [out])[index]
+        if "$spy_zero" in doc:
+            spy = _SpyZero()
+            self.spies.append(spy)
+            return spy
+        if "$kv" in doc:
+            return KVCache(self(doc["$kv"]["keys"]), self(doc["$kv"]["values"]))
         if "$metric" in doc:
             return _metric({k: self(v) for k, v in doc["$metric"].items()})
         if "$attend" in doc:
@@ -183,21 +213,42 @@ def _resolve(arg, target: list, cache: dict):
 def _call(fn, ops: dict, decode: _Decoder, writer: wire.Writer) -> dict:
     args, kwargs = decode(ops["args"])
     before = {key: x.clone() for key, x in decode.made.items()}
-    with t.set_grad_enabled(bool(ops.get("grad"))):
+    rng = ops.get("rng")
+    if isinstance(rng, dict) and "$t" in rng:  # the random state the checker's call had (chapter 06's samplers)
+        t.random.set_rng_state(decode.tensors[rng["$t"]].clone())
+    counter = _flops.MatmulFlops() if ops.get("flops") else contextlib.nullcontext()
+    decode.returned[decode.index] = _MISSING
+    with t.set_grad_enabled(bool(ops.get("grad"))), counter:
         out = fn(*args, **kwargs)
+    decode.returned[decode.index] = out  # a later call may be handed back part of it
     mutated = {}
     for key, x in decode.made.items():
         old = before[key]
         if x.shape != old.shape or x.dtype != old.dtype or not t.equal(x, old):
             mutated[key] = writer.tensor(x)
-    return {"out": wire.encode(out, writer), "mutated": mutated, "hooks_left": decode.hooks_left()}
+    _special.writer = writer
+    done = {"out": wire.encode(out, writer, _special), "mutated": mutated, "hooks_left": decode.hooks_left()}
+    if decode.spies:
+        done["spies"] = [bool(spy.seen) for spy in decode.spies]
+    if ops.get("flops"):
+        done["flops"] = int(counter.flops)
+    return done
 
 
-def _trace(arg, trace: dict, tensors: dict, writer: wire.Writer, classes: dict) -> list:
+def _special(value):
+    """What the learner's code returns beyond tensors: chapter 06's KVCache (the notebook's given dataclass)."""
+    if type(value).__name__ == "KVCache" and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"$kv": {"keys": [wire.encode(x, _special.writer) for x in getattr(value, "keys", [])],
+                        "values": [wire.encode(x, _special.writer) for x in getattr(value, "values", [])]}}
+    return None
+
+
+def _trace(arg, trace: dict, tensors: dict, writer: wire.Writer, classes: dict, returned: dict, index: int) -> list:
     results = []
     module = None
     for op in trace["ops"]:
-        decode = _Decoder(tensors)
+        decode = _Decoder(tensors, returned)
+        decode.index = index
         try:
             kind = op["op"]
             if kind == "construct":
@@ -249,14 +300,20 @@ def _argument(arg) -> dict:
             "value": value}
 
 
-def _run(exercise: str, arg) -> None:
+def _run(exercise: str, arg, *more) -> None:
     plan, tensors = wire.read(PLAN / exercise)
     writer = wire.Writer()
-    results, classes = [], {}
+    results, classes, returned = [], {}, {}
+    args = (arg, *more)
     with t.random.fork_rng(devices=[]), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         t.manual_seed(0)
-        for trace in plan["traces"]:
-            results.append(_trace(arg, trace, tensors, writer, classes))
-    writer.save(OUT / exercise, {"exercise": exercise, "argument": _argument(arg), "traces": results})
+        for number, trace in enumerate(plan["traces"]):
+            index = trace.get("arg", 0)
+            if not isinstance(index, int) or not 0 <= index < len(args):
+                results.append([])  # the grader asked for an argument the cell did not pass
+                continue
+            results.append(_trace(args[index], trace, tensors, writer, classes, returned, number))
+    writer.save(OUT / exercise, {"exercise": exercise, "argument": _argument(arg),
+                                 "arguments": [_argument(a) for a in args], "traces": results})
     print(f"checks.{exercise}: your code ran on {len(results)} recorded inputs; the grader judges the results.")

@@ -30,9 +30,9 @@ from typing import Any
 import torch as t
 from torch import nn
 
-from utils.checks import module_runs
+from utils.checks import flops, module_runs
 from utils.grading import wire
-from utils.grading.plan_encoding import PlanError, _encode, digest, tensor_keys  # noqa: F401 (PlanError: re-exported)
+from utils.grading.plan_encoding import PlanError, _encode, digest, returned_parts, tensor_keys  # noqa: F401 (PlanError: re-exported)
 
 
 class Unverifiable(BaseException):
@@ -50,20 +50,27 @@ class Recorder:
         self.writer = wire.Writer()
         self.traces: list[dict] = []
         self.classes: dict[str, type] = {}
+        self.returned: dict = {}  # id -> (object, [trace, index]): results a checker may pass back
 
-    def trace(self, target: list) -> dict:
-        trace = {"target": target, "ops": [], "fps": [], "keys": []}
+    def trace(self, target: list, arg: int = 0) -> dict:
+        trace = {"target": target, "ops": [], "fps": [], "keys": [], **({"arg": arg} if arg else {})}
         self.traces.append(trace)
         return trace
 
     def op(self, trace: dict, doc: dict, args: Any = ()) -> None:
-        encoded = _encode(args, self.writer)
-        trace["ops"].append({**doc, "args": encoded})
-        trace["fps"].append(digest(doc, args)[0])
+        rng = t.random.get_rng_state()  # before anything here runs
+        encoded = _encode(args, self.writer, self.returned)
+        extra = {}
+        if doc.get("op") == "call":  # the stub calls with the checker's random state, and counts FLOPs if it did
+            extra["rng"] = self.writer.tensor(rng)
+            if flops.MatmulFlops.active:
+                extra["flops"] = True
+        trace["ops"].append({**doc, "args": encoded, **extra})
+        trace["fps"].append(digest(doc, args, self.returned)[0])
         trace["keys"].append(tensor_keys(encoded))
 
-    def document(self, exercise: str, argument: str) -> dict:
-        return {"exercise": exercise, "argument": argument, "traces": self.traces}
+    def document(self, exercise: str, arguments: list[str]) -> dict:
+        return {"exercise": exercise, "argument": arguments[0], "arguments": arguments, "traces": self.traces}
 
 
 def _given(state: dict, sd: dict) -> dict:
@@ -158,27 +165,35 @@ def recording_class(rec: Recorder, real_cls: type, target: list) -> type:
 
 
 class RecordingFunction:
-    def __init__(self, rec: Recorder, fn) -> None:
-        self._rec, self._fn = rec, fn
+    def __init__(self, rec: Recorder, fn, arg: int = 0) -> None:
+        self._rec, self._fn, self._arg = rec, fn, arg
         self.__name__ = getattr(fn, "__name__", "function")
 
     def __call__(self, *args, **kwargs):
-        self._rec.op(self._rec.trace([]), {"op": "call", "method": "__call__", "grad": t.is_grad_enabled()},
-                     (args, kwargs))
-        return self._fn(*args, **kwargs)
+        trace = self._rec.trace([], self._arg)
+        self._rec.op(trace, {"op": "call", "method": "__call__", "grad": t.is_grad_enabled()}, (args, kwargs))
+        out = self._fn(*args, **kwargs)
+        index = len(self._rec.traces) - 1
+        for i, part in returned_parts(out):
+            self._rec.returned[id(part)] = (part, [index, i])
+        return out
 
 
-def record(exercise: str, checker, reference) -> tuple[dict, dict[str, t.Tensor]]:
-    """Run `checker` on a recording stand-in for `reference`: (plan document, its tensors)."""
+def record(exercise: str, checker, *references) -> tuple[dict, dict[str, t.Tensor]]:
+    """Run `checker` on recording stand-ins for `references` (a class, or one or more functions, as the test
+    cell passes them): (plan document, its tensors)."""
     rec = Recorder()
-    is_class = isinstance(reference, type)
-    stand_in = recording_class(rec, reference, []) if is_class else RecordingFunction(rec, reference)
+    if isinstance(references[0], type) and len(references) > 1:
+        raise PlanError(f"checks.{exercise}: a class with further arguments cannot be recorded yet")
+    stand_ins = [recording_class(rec, ref, []) if isinstance(ref, type) else RecordingFunction(rec, ref, i)
+                 for i, ref in enumerate(references)]
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            checker(stand_in)
+            checker(*stand_ins)
     except (AssertionError, NotImplementedError) as exc:
         raise PlanError(f"the reference fails checks.{exercise} when recorded: {str(exc)[:300]}") from exc
-    return rec.document(exercise, "class" if is_class else "function"), rec.writer.tensors
+    kinds = ["class" if isinstance(ref, type) else "function" for ref in references]
+    return rec.document(exercise, kinds), rec.writer.tensors
 
 
 # ------------------------------------------------------------------------------------------------- replay
@@ -221,6 +236,14 @@ def decode(doc: Any, tensors: dict[str, t.Tensor]) -> Any:
         return tuple(items) if doc["$seq"] == "tuple" else items
     if "$dict" in doc and isinstance(doc["$dict"], dict):
         return {str(k): decode(v, tensors) for k, v in doc["$dict"].items()}
+    if "$kv" in doc and isinstance(doc["$kv"], dict):  # chapter 06's KVCache, the notebook's given dataclass
+        from utils.reference.sampling import KVCache
+
+        body = doc["$kv"]
+        keys, values = decode(body.get("keys", []), tensors), decode(body.get("values", []), tensors)
+        if isinstance(keys, list) and isinstance(values, list):
+            return KVCache(keys, values)
+        return _opaque("KVCache")
     return _opaque(doc.get("$opaque", "object"))
 
 
@@ -233,6 +256,7 @@ class Replay:
     tensors: dict[str, t.Tensor]
 
     def __post_init__(self) -> None:
+        self.returned: dict = {}  # as Recorder.returned, for what the replayed calls returned
         self.undo: list = []  # what `restore` takes back: the grader's models are cached and shared
         self.classes: dict[str, type] = {}
         self.traces = self.plan["traces"]
@@ -282,6 +306,13 @@ class Replay:
                     target, new = tensors[keys.index(key)], decode(ref, self.tensors)
                     if isinstance(new, t.Tensor):
                         self.changed(target, new)
+        reported = ok.get("flops")
+        if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
+            flops.add_reported(reported)  # the work the learner's code did in the sandbox, for the checker's counter
+        seen = ok.get("spies")
+        if isinstance(seen, list):
+            for spy, flag in zip(getattr(tensors, "spies", []), seen):
+                spy.seen = spy.seen or flag is True
         hooks = ok.get("hooks_left")
         if isinstance(hooks, int) and not isinstance(hooks, bool) and hooks > 0:  # hooks left on a given model
             for model in getattr(tensors, "models", []):
@@ -293,6 +324,21 @@ class Replay:
         if key not in self.classes:
             self.classes[key] = type(name, (_Replayed,), {"_replay": self, "_target": target})
         return self.classes[key]
+
+    def arguments(self) -> list:
+        """The stand-ins for every argument the test cell passed (the plan says how many)."""
+        first = self.argument()
+        kinds = self.plan.get("arguments") or [self.plan["argument"]]
+        given = self.results.get("arguments") if isinstance(self.results, dict) else None
+        given = given if isinstance(given, list) else []
+        rest = []
+        for i in range(1, min(len(kinds), len(given))):  # as many as the test cell passed in the sandbox
+            arg = given[i] if i < len(given) and isinstance(given[i], dict) else {}
+            if kinds[i] == "function" and arg.get("kind") == "function":
+                rest.append(ReplayedFunction(self, str(arg.get("name", "function")), i))
+            else:
+                raise Unverifiable(f"argument {i + 1} of the check was not recorded in the sandbox")
+        return [first, *rest]
 
     def argument(self) -> Any:
         arg = self.results.get("argument") if isinstance(self.results, dict) else None
@@ -418,15 +464,18 @@ class _Replayed(module_runs.StandIn, nn.Module):
 
 
 class ReplayedFunction:
-    def __init__(self, replay: Replay, name: str) -> None:
-        self._replay, self.__name__ = replay, name
+    def __init__(self, replay: Replay, name: str, arg: int = 0) -> None:
+        self._replay, self.__name__, self._arg = replay, name, arg
 
     def __call__(self, *args, **kwargs):
         doc = {"op": "call", "method": "__call__", "grad": t.is_grad_enabled()}
-        fp, tensors = digest(doc, (args, kwargs))
-        candidates = [i for i, tr in enumerate(self._replay.traces) if tr["target"] == []]
+        fp, tensors = digest(doc, (args, kwargs), self._replay.returned)
+        candidates = [i for i, tr in enumerate(self._replay.traces) if tr["target"] == [] and tr.get("arg", 0) == self._arg]
         _, ok, trace = self._replay.answer(candidates, [fp], self.__name__)
-        return self._replay.output(ok, trace, 0, tensors)
+        out = self._replay.output(ok, trace, 0, tensors)
+        for i, part in returned_parts(out):
+            self._replay.returned[id(part)] = (part, [trace, i])
+        return out
 
 
 @dataclass(frozen=True)
@@ -441,9 +490,9 @@ def judge(exercise: str, checker, plan: dict, results: Any, tensors: dict[str, t
     out = io.StringIO()
     replay = Replay(plan, results if isinstance(results, dict) else {}, tensors)
     try:
-        stand_in = replay.argument()
+        stand_ins = replay.arguments()
         with contextlib.redirect_stdout(out):
-            checker(stand_in)
+            checker(*stand_ins)
     except Unverifiable as exc:
         return Verdict(False, "Unverifiable", f"checks.{exercise} could not be verified by the grader: {exc}.")
     except (AssertionError, NotImplementedError) as exc:
