@@ -91,8 +91,8 @@ def _exercises(chapter: str) -> list[str]:
 REFERENCE_CASES = [(c, e) for c in CHAPTERS for e in _exercises(c)]
 # every catalogued mistake of the chapters whose checkers take modules, models and caches (chapter 01's are plain
 # functions of tensors, which the reference cases cover)
-MISTAKE_CASES = [(c, e, m) for c in ("02_components", "04_interpretability", "06_sampling") for e in _exercises(c)
-                 for m in MISTAKES[e]]
+MISTAKE_CASES = [(c, e, m) for c in ("02_components", "04_interpretability", "05_training", "06_sampling")
+                 for e in _exercises(c) for m in MISTAKES[e]]
 # chapter 08's 51 mistakes take minutes through replay (all 51 gave the in-process message when measured;
 # TFS_REPLAY_ALL_MISTAKES=1 runs them all): by default one per exercise, leaving out the two slowest sweeps, whose
 # reference cases above still go through replay
@@ -153,6 +153,7 @@ def test_the_sandbox_package_holds_no_reference_checker_or_catalogue(chapter):
     # model and chapter 02's components, never chapter 04's functions; chapter 06 also chapter 05's loader
     assert f"reference/{boundary.COVERED[chapter]}.py" not in names
     earlier = {"04_interpretability": {"reference/components.py", "reference/model.py"},
+               "05_training": {"reference/components.py", "reference/model.py"},
                "06_sampling": {"reference/components.py", "reference/model.py", "reference/training.py"},
                "08_circuits": {"reference/components.py", "reference/model.py", "reference/interp.py"}}
     assert given == earlier.get(chapter, set())
@@ -242,7 +243,7 @@ def _learner_process(source: str, exercise: str, name: str, out: Path,
     # checkout is not bound at all
     env["PYTHONPATH"] = f"{package}{os.pathsep}{sysconfig.get_paths()['purelib']}"
     # os._exit: an interpreter whose sys.modules was tampered with may hang on its way out
-    program = (f"from utils import checks\n{source}\ntry:\n    checks.{exercise}({name})\nexcept Exception as exc:\n"
+    program = (f"{source}\nfrom utils import checks\ntry:\n    checks.{exercise}({name})\nexcept Exception as exc:\n"
                "    print('CELL ERROR', type(exc).__name__, exc)\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n")
     return subprocess.run([sys.executable, "-S", "-c", program], env=env, capture_output=True, text=True, timeout=300,
                           cwd=out)
@@ -371,6 +372,38 @@ def test_chapter_06_a_kv_cache_from_another_process_passes_and_wasted_work_is_co
     assert not passed and "one new token after 15 cached positions cost" in message, message
 
 
+# Chapter 05: the learner's trainer is built in the sandbox from the plan's args, model and tokens; the model's
+# parameters after each step, the probe's record of how the model was run and whether a returned loss is still
+# attached to its graph all come back to the grader.
+def _trainer_source() -> str:
+    import inspect
+
+    from utils.reference import training
+
+    return ("from __future__ import annotations\nimport torch as t\nfrom jaxtyping import Float, Int\n"
+            "from torch import Tensor, nn\n\n" + inspect.getsource(training.TransformerTrainer))
+
+
+def _trainer_verdict(source: str, exercise: str, tmp_path: Path) -> tuple[bool, str]:
+    proc = _learner_process(source, exercise, "TransformerTrainer", tmp_path, "05_training")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return _verdict("05_training", exercise, tmp_path)
+
+
+def test_chapter_05_a_trainer_from_another_process_passes_and_its_mistakes_are_seen(tmp_path):
+    source = _trainer_source()  # the reference's own text, run as the learner's code on the learner's side
+    for exercise in ("training_step", "evaluate"):
+        passed, message = _trainer_verdict(source, exercise, tmp_path / exercise)
+        assert passed and message.startswith("✓"), message
+    attached = source.replace("        return loss.detach()", "        return loss")
+    left_in_eval = source.replace("        self.model.train()\n        return n_correct", "        return n_correct")
+    assert attached != source and left_in_eval != source
+    passed, message = _trainer_verdict(attached, "training_step", tmp_path / "attached")
+    assert not passed and "still attached to its graph" in message, message
+    passed, message = _trainer_verdict(left_in_eval, "evaluate", tmp_path / "eval_mode")
+    assert not passed and "left the model in eval mode" in message, message
+
+
 def _chapter_list(numbers: list[str]) -> str:
     """'03 and 05 to 07' for ['03', '05', '06', '07']: runs of three or more consecutive chapters as ranges."""
     runs: list[list[str]] = []
@@ -395,7 +428,8 @@ def test_instructors_guide_lists_how_each_chapter_is_judged():
     guide = " ".join((REPO / "docs" / "instructors.md").read_text().split())
     section = guide[guide.index("### Where the grading boundary is"):]
     outside = sorted(c for c in chapters() if boundary.covered(c))
-    assert outside == CHAPTERS == ["01_foundations", "02_components", "04_interpretability", "06_sampling", "08_circuits"]
+    assert outside == CHAPTERS == ["01_foundations", "02_components", "04_interpretability", "05_training",
+                                   "06_sampling", "08_circuits"]
     counts = {c: len(_exercises(c)) for c in CHAPTERS}
     assert (f"Chapters {_chapter_list([c[:2] for c in outside])} are graded outside the learner's process: every one "
             f"of their {sum(counts.values())} exercises") in section

@@ -17,6 +17,7 @@ from typing import Any
 import torch as t
 from torch import Tensor, nn
 
+from utils.checks.spies import ModelProbe as _Probe
 from utils.checks.core import Mistake, NotImplementedYet, assert_unchanged, call_learner, checker, describe, fail, passed, snapshot
 from utils.checks.mistakes_ch05 import (
     EVALUATE_MISTAKES,
@@ -279,20 +280,6 @@ def training_step(TransformerTrainer: type) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
-
-
-class _Probe(nn.Module):
-    """Wraps a model; records, at each forward call, whether it was in training mode and whether grads were on."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.cfg = model.cfg
-        self.calls: list[tuple[bool, bool]] = []
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        self.calls.append((self.training, t.is_grad_enabled()))
-        return self.model(tokens)
 
 
 @functools.cache

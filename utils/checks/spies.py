@@ -1,11 +1,15 @@
-"""A spy argument for chapter 06's greedy check: `temperature=0.0` that notes whether the learner's loop compared it.
+"""Spy arguments: `SpyZero`, chapter 06's `temperature=0.0` that notes whether the learner's loop compared it, and
+`ModelProbe`, chapter 05's model wrapper that notes how the learner's trainer ran the model.
 
-Both sides of the trusted grader use it: the checker (ch06_sampling.py) passes one, and the sandbox's stub (a copy
-of this file, `utils/checks/_spies.py` there) rebuilds one from the probe plan and reports whether it was seen.
-It imports nothing from the course.
+Both sides of the trusted grader use them: the checkers pass one, and the sandbox's stub (a copy of this file,
+`utils/checks/_spies.py` there) rebuilds one from the probe plan and reports what it saw. It imports nothing
+from the course.
 """
 
 from __future__ import annotations
+
+import torch as t
+from torch import Tensor, nn
 
 
 class SpyZero(float):
@@ -42,3 +46,17 @@ class SpyZero(float):
         return self._see(False)
 
     __hash__ = float.__hash__
+
+
+class ModelProbe(nn.Module):
+    """Wraps a model; records, at each forward call, whether it was in training mode and whether grads were on."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = model.cfg
+        self.calls: list[tuple[bool, bool]] = []
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        self.calls.append((self.training, t.is_grad_enabled()))
+        return self.model(tokens)

@@ -35,7 +35,7 @@ from utils.grading import wire
 UTILS = Path(__file__).resolve().parents[1]
 # chapter -> the reference module its exercises' solutions are exported to
 COVERED = {"01_foundations": "foundations", "02_components": "components", "04_interpretability": "interp",
-           "06_sampling": "sampling", "08_circuits": "circuits"}
+           "05_training": "training", "06_sampling": "sampling", "08_circuits": "circuits"}
 PACKAGE_FILES = ("__init__.py", "notebook.py", "reference_model.py", "tokenizer.py")
 # what a chapter's setup and demo cells import beyond PACKAGE_FILES: earlier chapters' solutions, which its
 # notebook hands out (chapter 04 is given chapter 03's EducationalTransformer), never its own
@@ -44,6 +44,8 @@ _INTERP_FILES = ("reference/__init__.py", "reference/components.py", "reference/
                  "data/induction_model.pt", "data/course_gpt.pt")
 CHAPTER_FILES = {
     "04_interpretability": _INTERP_FILES,
+    "05_training": ("reference/__init__.py", "reference/components.py", "reference/model.py", "corpus.py",
+                    "models/__init__.py", "models/course_gpt.py", "models/compact_tokenizer.py", "data/course_gpt.pt"),
     "06_sampling": ("reference/__init__.py", "reference/components.py", "reference/model.py", "reference/training.py",
                     "corpus.py", "models/__init__.py", "models/course_gpt.py", "models/compact_tokenizer.py",
                     "data/course_gpt.pt"),  # chapter 06 is given chapter 05's checkpoint loader
@@ -151,6 +153,9 @@ def ensure_plans(chapter: str, kind: str | None = None) -> Path:
     return _publish(build, _base() / "plans" / kind / chapter)
 
 
+STUB_FILES = ("__init__.py", "_wire.py", "_module_runs.py", "_flops.py", "_spies.py")  # utils/checks/ in the sandbox
+
+
 def package_files(chapter: str | None = None) -> tuple[str, ...]:
     return PACKAGE_FILES + CHAPTER_FILES.get(chapter or "", ())
 
@@ -173,7 +178,11 @@ def ensure_package(chapter: str | None = None) -> Path:
         for path in [package, package / "checks", *package.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
-    return _publish(build, _base() / "package" / (chapter if chapter in CHAPTER_FILES else "base"))
+    target = _base() / "package" / (chapter if chapter in CHAPTER_FILES else "base")
+    expected = {f"utils/{name}" for name in package_files(chapter)} | {f"utils/checks/{name}" for name in STUB_FILES}
+    if target.is_dir() and {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()} != expected:
+        shutil.rmtree(target, ignore_errors=True)  # left by a build whose sources changed under it: build it again
+    return _publish(build, target)
 
 
 # ------------------------------------------------------------------------------------------ one notebook

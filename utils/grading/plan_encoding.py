@@ -47,7 +47,9 @@ def _model_doc(model: nn.Module) -> dict:
     kind = _reference_gpt2_kind(model)
     if kind is not None:
         return {**doc, "gpt2": kind}
-    return {**doc, "cfg": {f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(model.cfg)},
+    dtype = next(iter(model.state_dict().values())).dtype
+    return {**doc, "dtype": str(dtype).replace("torch.", ""),
+            "cfg": {f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(model.cfg)},
             "state": dict(model.state_dict()), "layer_norms": not isinstance(model.ln_final, nn.Identity)}
 
 
@@ -55,6 +57,8 @@ def special(x: Any) -> dict | None:
     """The arguments checkers pass that are not tensors or scalars, encoded by what they are."""
     if course_model(x):
         return {"$model": _model_doc(x)}
+    if type(x).__name__ == "ModelProbe" and isinstance(x, nn.Module) and course_model(getattr(x, "model", None)):
+        return {"$probe": {"model": x.model}}  # chapter 05's wrapper that notes how the model was run
     if type(x).__name__ == "SpyZero" and isinstance(x, float):
         return {"$spy_zero": 0}  # chapter 06's temperature=0.0 that notes whether the loop compared it
     if type(x).__name__ == "KVCache" and dataclasses.is_dataclass(x) and not isinstance(x, type):
@@ -100,6 +104,8 @@ def _encode(x: Any, writer: wire.Writer, returned: dict | None = None) -> Any:
         if key == "$spy_zero":
             writer.__dict__.setdefault("spies", []).append(value)
             return done
+        if key == "$probe":
+            writer.__dict__.setdefault("probes", []).append(value)
         if key == "$cfg":
             return {"$cfg": {k: v for k, v in body.items()}}
         if key == "$model":
@@ -144,6 +150,7 @@ class Seen(list):
 
     models: list
     spies: list
+    probes: list
 
 
 def digest(doc: Any, args: Any = (), returned: dict | None = None) -> tuple[str, Seen]:
@@ -153,4 +160,5 @@ def digest(doc: Any, args: Any = (), returned: dict | None = None) -> tuple[str,
     seen = Seen(prints.seen)
     seen.models = [obj for obj, _ in prints.__dict__.get("memo", {}).values()]
     seen.spies = list(prints.__dict__.get("spies", []))
+    seen.probes = list(prints.__dict__.get("probes", []))
     return fp, seen

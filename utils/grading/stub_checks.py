@@ -27,7 +27,7 @@ import torch as t
 from torch import nn
 
 from . import _flops
-from ._spies import SpyZero as _SpyZero
+from ._spies import ModelProbe, SpyZero as _SpyZero
 from . import _module_runs as module_runs
 from . import _wire as wire
 
@@ -100,9 +100,27 @@ class KVCache:
 class _Decoder:
     """Rebuilds a recorded argument; remembers which plan tensor became which fresh tensor."""
 
-    def __init__(self, tensors: dict, returned: dict | None = None) -> None:
-        self.tensors, self.made, self.models, self.spies = tensors, {}, {}, []
+    def __init__(self, tensors: dict, returned: dict | None = None, shared: dict | None = None) -> None:
+        # `shared`: the models and probes of one object's ops (a trainer built with a model, then stepped): they
+        # persist from op to op, and their parameters stay watched for changes
+        self.shared = shared if shared is not None else {"models": {}, "made": {}, "probes": []}
+        self.tensors, self.made, self.models, self.spies = tensors, dict(self.shared["made"]), self.shared["models"], []
         self.returned = returned if returned is not None else {}
+        self.probe_calls = [len(p.calls) for p in self.shared["probes"]]
+
+    def probe(self, doc: dict):
+        model = self(doc["model"])
+        for probe in self.shared["probes"]:
+            if probe.model is model:
+                return probe
+        probe = ModelProbe(model).train(model.training)
+        self.shared["probes"].append(probe)
+        self.probe_calls.append(0)
+        return probe
+
+    def probe_reports(self) -> list:
+        return [{"calls": [list(c) for c in p.calls[start:]], "training": p.training}
+                for p, start in zip(self.shared["probes"], self.probe_calls)]
 
     def model(self, doc: dict):
         """The course model a plan describes (chapter 03's EducationalTransformer, which the notebooks of later
@@ -122,11 +140,13 @@ class _Decoder:
                     from utils.induction import strip_layer_norms
 
                     strip_layer_norms(model)
+                if doc.get("dtype") in ("float64", "float16", "bfloat16"):
+                    model.to(getattr(t, doc["dtype"]))
                 model.load_state_dict({name: self.tensors[ref["$t"]] for name, ref in doc["state"]["$dict"].items()},
                                       strict=True)
                 own = model.state_dict()
                 for name, ref in doc["state"]["$dict"].items():
-                    self.made[ref["$t"]] = own[name]
+                    self.made[ref["$t"]] = self.shared["made"][ref["$t"]] = own[name]
             model.train(bool(doc.get("training")))
             if doc.get("frozen"):
                 model.requires_grad_(False)
@@ -164,6 +184,8 @@ class _Decoder:
             if out is _MISSING or out is None:
                 raise ValueError("an earlier call this one builds on did not return")
             return (out if type(out) in (tuple, list) else [out])[index]
+        if "$probe" in doc:
+            return self.probe(doc["$probe"])
         if "$spy_zero" in doc:
             spy = _SpyZero()
             self.spies.append(spy)
@@ -230,6 +252,8 @@ def _call(fn, ops: dict, decode: _Decoder, writer: wire.Writer) -> dict:
     done = {"out": wire.encode(out, writer, _special), "mutated": mutated, "hooks_left": decode.hooks_left()}
     if decode.spies:
         done["spies"] = [bool(spy.seen) for spy in decode.spies]
+    if decode.shared["probes"]:
+        done["probes"] = decode.probe_reports()
     if ops.get("flops"):
         done["flops"] = int(counter.flops)
     return done
@@ -246,20 +270,27 @@ def _special(value):
 def _trace(arg, trace: dict, tensors: dict, writer: wire.Writer, classes: dict, returned: dict, index: int) -> list:
     results = []
     module = None
+    shared = {"models": {}, "made": {}, "probes": []}
     for op in trace["ops"]:
-        decode = _Decoder(tensors, returned)
+        decode = _Decoder(tensors, returned, shared)
         decode.index = index
         try:
             kind = op["op"]
             if kind == "construct":
                 cls = _resolve(arg, trace["target"], classes)
-                (cfg,) = decode(op["args"])
-                module = cls(cfg)
-                state = [[k, list(v.shape), str(v.dtype)] for k, v in module.state_dict().items()]
-                try:
-                    names = [n for n in inspect.signature(module.forward).parameters]
-                except (TypeError, ValueError):
-                    names = []
+                args, kwargs = decode(op["args"]) if op.get("many") else (decode(op["args"]), {})
+                rng = op.get("rng")
+                if isinstance(rng, dict) and "$t" in rng:
+                    t.random.set_rng_state(tensors[rng["$t"]].clone())
+                module = cls(*args, **kwargs)
+                if isinstance(module, nn.Module):
+                    state = [[k, list(v.shape), str(v.dtype)] for k, v in module.state_dict().items()]
+                    try:
+                        names = [n for n in inspect.signature(module.forward).parameters]
+                    except (TypeError, ValueError):
+                        names = []
+                else:  # chapter 05's trainer: an object built from the model, not a module
+                    state, names = [], []
                 results.append({"ok": {"state": state, "forward_args": names}})
             elif kind == "load":
                 (given,) = decode(op["args"])
@@ -270,6 +301,9 @@ def _trace(arg, trace: dict, tensors: dict, writer: wire.Writer, classes: dict, 
                 results.append({"ok": None})
             elif kind == "attr":
                 value = getattr(module, op["name"])
+                if isinstance(value, t.Tensor):  # chapter 05's trainer.val_tokens, read back by the checker
+                    results.append({"ok": {"tensor": wire.encode(value, writer)}})
+                    continue
                 results.append({"ok": {"module": isinstance(value, nn.Module), "class": f"{id(type(value))}",
                                        "name": type(value).__name__, "describe": _describe(value)}})
             elif kind == "call":

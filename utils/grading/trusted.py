@@ -61,9 +61,9 @@ class Recorder:
         rng = t.random.get_rng_state()  # before anything here runs
         encoded = _encode(args, self.writer, self.returned)
         extra = {}
-        if doc.get("op") == "call":  # the stub calls with the checker's random state, and counts FLOPs if it did
+        if doc.get("op") in ("call", "construct"):  # the stub calls with the checker's random state, and counts FLOPs
             extra["rng"] = self.writer.tensor(rng)
-            if flops.MatmulFlops.active:
+            if flops.MatmulFlops.active and doc.get("op") == "call":
                 extra["flops"] = True
         trace["ops"].append({**doc, "args": encoded, **extra})
         trace["fps"].append(digest(doc, args, self.returned)[0])
@@ -85,12 +85,13 @@ class _Recording(module_runs.StandIn, nn.Module):
     _real_cls: type
     _target: list
 
-    def __init__(self, cfg) -> None:  # noqa: D107 (nn.Module's own __init__ is skipped on purpose)
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 (nn.Module's own __init__ is skipped on purpose)
         object.__setattr__(self, "_trace", self._rec.trace(self._target))
-        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "_cfg", args[0] if args else None)
         object.__setattr__(self, "_state", {})
-        self._rec.op(self._trace, {"op": "construct"}, (cfg,))
-        object.__setattr__(self, "_real", self._real_cls(cfg))
+        doc, encoded = construct_op(args, kwargs)
+        self._rec.op(self._trace, doc, encoded)
+        object.__setattr__(self, "_real", self._real_cls(*args, **kwargs))
 
     def _op(self, doc: dict, args: Any = ()) -> None:
         if self._trace is None:
@@ -139,6 +140,11 @@ class _Recording(module_runs.StandIn, nn.Module):
         if name.startswith("_"):
             raise AttributeError(name)
         value = getattr(self._real, name)
+        if isinstance(value, t.Tensor):  # an attribute the checker reads back (chapter 05's trainer.val_tokens)
+            self._op({"op": "attr", "name": name})
+            return value
+        if callable(value) and not isinstance(value, nn.Module):  # a method: chapter 05's trainer.training_step
+            return lambda *args, **kwargs: self._call(name, args, kwargs)
         if not isinstance(value, nn.Module):
             raise PlanError(f"a checker read {self._real_cls.__name__}.{name}, which is not a sub-module")
         self._op({"op": "attr", "name": name})
@@ -154,6 +160,13 @@ class _Recording(module_runs.StandIn, nn.Module):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(recording)"
+
+
+def construct_op(args: tuple, kwargs: dict) -> tuple[dict, Any]:
+    """How a constructor call is written down: `(cfg,)` for the usual `Cls(cfg)`, else all its arguments."""
+    if len(args) == 1 and not kwargs:
+        return {"op": "construct"}, args
+    return {"op": "construct", "many": True}, (args, kwargs)
 
 
 def recording_class(rec: Recorder, real_cls: type, target: list) -> type:
@@ -230,7 +243,10 @@ def decode(doc: Any, tensors: dict[str, t.Tensor]) -> Any:
         value = tensors.get(doc["$t"]) if isinstance(doc["$t"], str) else None
         if value is None:
             raise Unverifiable("the sandbox's results refer to a tensor they do not hold")
-        return value.clone()
+        value = value.clone()
+        if doc.get("grad") is True and value.is_floating_point():  # still attached to a graph in the sandbox
+            value.requires_grad_(True)
+        return value
     if "$seq" in doc:
         items = [decode(item, tensors) for item in doc.get("items", [])]
         return tuple(items) if doc["$seq"] == "tuple" else items
@@ -294,18 +310,28 @@ class Replay:
         while self.undo:
             self.undo.pop()()
 
-    def output(self, ok: Any, trace: int, k: int, tensors: list[t.Tensor]) -> Any:
-        """The call's returned value; inputs the learner's code changed in place are changed here too."""
+    def output(self, ok: Any, trace: int, k: int, tensors: list[t.Tensor], known: dict | None = None,
+               probes: list | None = None) -> Any:
+        """The call's returned value; inputs the learner's code changed in place are changed here too (`known`:
+        the tensors of the object's earlier ops, such as the model a trainer was built with)."""
         if not isinstance(ok, dict):
             raise Unverifiable("the sandbox's report of a call is unreadable")
         keys = self.traces[trace]["keys"][k]
+        by_key = {**(known or {}), **{key: x for key, x in zip(keys, tensors)}}
         mutated = ok.get("mutated") or {}
         if isinstance(mutated, dict):
             for key, ref in mutated.items():
-                if key in keys and keys.index(key) < len(tensors):
-                    target, new = tensors[keys.index(key)], decode(ref, self.tensors)
+                if key in by_key:
+                    target, new = by_key[key], decode(ref, self.tensors)
                     if isinstance(new, t.Tensor):
                         self.changed(target, new)
+        reports = ok.get("probes")
+        if isinstance(reports, list):  # chapter 05's probe: how the learner's code ran the model it wraps
+            for probe, report in zip(list(probes or []) + list(getattr(tensors, "probes", [])), reports):
+                if isinstance(report, dict) and isinstance(report.get("calls"), list):
+                    probe.calls.extend((bool(a), bool(b)) for a, b in
+                                       (c for c in report["calls"] if isinstance(c, list) and len(c) == 2))
+                    nn.Module.__setattr__(probe, "training", bool(report.get("training")))
         reported = ok.get("flops")
         if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
             flops.add_reported(reported)  # the work the learner's code did in the sandbox, for the checker's counter
@@ -345,7 +371,7 @@ class Replay:
         if not isinstance(arg, dict):
             raise Unverifiable("the check did not run in the sandbox, so nothing of your code was recorded")
         kind, name = arg.get("kind"), str(arg.get("name", "object"))
-        if kind == "module_class" and self.plan["argument"] == "class":
+        if kind in ("module_class", "class") and self.plan["argument"] == "class":  # a module, or chapter 05's trainer
             return self.replay_class([], name)
         if kind == "function" and self.plan["argument"] == "function":
             return ReplayedFunction(self, name)
@@ -381,14 +407,18 @@ class _Replayed(module_runs.StandIn, nn.Module):
     _replay: Replay
     _target: list
 
-    def __init__(self, cfg) -> None:  # noqa: D107 (nn.Module's own __init__ is skipped on purpose)
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 (nn.Module's own __init__ is skipped on purpose)
         replay = self._replay
-        fp, _ = digest({"op": "construct"}, (cfg,))
+        cfg = args[0] if args else None
+        doc, encoded = construct_op(args, kwargs)
+        fp, seen = digest(doc, encoded)
         target = json.dumps(self._target, sort_keys=True)
         candidates = [i for i, tr in enumerate(replay.traces) if json.dumps(tr["target"], sort_keys=True) == target]
-        candidates, ok, _ = replay.answer(candidates, [fp], f"{type(self).__name__}(cfg)")
+        candidates, ok, trace = replay.answer(candidates, [fp], f"{type(self).__name__}(cfg)")
         info = ok if isinstance(ok, dict) else {}
-        for key, val in {"_cfg": cfg, "_fps": [fp], "_candidates": candidates, "_info": info, "_state": {}}.items():
+        known = dict(zip(replay.traces[trace]["keys"][0], seen))  # what later ops may report changed
+        for key, val in {"_cfg": cfg, "_fps": [fp], "_candidates": candidates, "_info": info, "_state": {},
+                         "_known": known, "_probes": list(getattr(seen, "probes", []))}.items():
             object.__setattr__(self, key, val)
 
     def _op(self, doc: dict, args: Any = (), what: str = "") -> tuple[Any, int, list[t.Tensor]]:
@@ -429,7 +459,7 @@ class _Replayed(module_runs.StandIn, nn.Module):
     def _call(self, method: str, args: tuple, kwargs: dict):
         doc = {"op": "call", "method": method, "grad": t.is_grad_enabled()}
         ok, trace, tensors = self._op(doc, (args, kwargs), f"{type(self).__name__}.{method}")
-        return self._replay.output(ok, trace, len(self._fps) - 1, tensors)
+        return self._replay.output(ok, trace, len(self._fps) - 1, tensors, self._known, self._probes)
 
     def __call__(self, *args, **kwargs):
         return self._call("forward", args, kwargs)
@@ -444,8 +474,15 @@ class _Replayed(module_runs.StandIn, nn.Module):
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
+        if self._method(name):
+            return lambda *args, **kwargs: self._call(name, args, kwargs)
         ok, _, _ = self._op({"op": "attr", "name": name}, (), f"{type(self).__name__}.{name}")
         ok = ok if isinstance(ok, dict) else {}
+        if "tensor" in ok:
+            value = decode(ok["tensor"], self._replay.tensors)
+            if not isinstance(value, t.Tensor):
+                raise Unverifiable(f"the sandbox's report of {type(self).__name__}.{name} is unreadable")
+            return value
         if not ok.get("module"):
             return _opaque(ok.get("describe", "object"))
         token = str(ok.get("class", ""))
@@ -455,6 +492,12 @@ class _Replayed(module_runs.StandIn, nn.Module):
             cls = self._replay.replay_class(target, str(ok.get("name", "Module")))
             self._replay.classes[f"token:{token}"] = cls
         return cls.__new__(cls)
+
+    def _method(self, name: str) -> bool:
+        """Whether the plan's next op on this object is a call of method `name` (not an attribute read)."""
+        k = len(self._fps)
+        return any(k < len(self._replay.traces[i]["ops"]) and self._replay.traces[i]["ops"][k].get("op") == "call"
+                   and self._replay.traces[i]["ops"][k].get("method") == name for i in self._candidates)
 
     def __setattr__(self, name, value):
         raise Unverifiable(f"a checker set {name} on the learner's module")

@@ -49,7 +49,9 @@ class Writer:
     def tensor(self, x: t.Tensor) -> dict:
         key = f"t{len(self.tensors)}"
         self.tensors[key] = plain(x)
-        return {"$t": key}
+        with t._C.DisableTorchFunctionSubclass():
+            attached = bool(t.Tensor.requires_grad.__get__(x))
+        return {"$t": key, "grad": True} if attached else {"$t": key}  # a returned loss still on its graph
 
     def save(self, stem: Path, document: Any) -> None:
         stem.parent.mkdir(parents=True, exist_ok=True)
