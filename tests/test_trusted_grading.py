@@ -33,16 +33,16 @@ CHAPTERS = sorted(boundary.COVERED)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _probe_dir(tmp_path_factory):
-    before = {k: os.environ.get(k) for k in ("TFS_PROBE_DIR", "TFS_REFERENCE")}
-    os.environ["TFS_PROBE_DIR"] = str(tmp_path_factory.mktemp("boundary"))
+def _reference_kind():
+    """The grader's plans folder (versioned by the checkers' sources) is shared with tests/test_grading.py, whose
+    grader records the same plans: whichever process comes first records them, the other waits and reuses them."""
+    before = os.environ.get("TFS_REFERENCE")
     os.environ["TFS_REFERENCE"] = KIND
     yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    if before is None:
+        os.environ.pop("TFS_REFERENCE", None)
+    else:
+        os.environ["TFS_REFERENCE"] = before
 
 
 def _stub(plans: Path, out: Path):
@@ -440,3 +440,25 @@ def test_instructors_guide_lists_how_each_chapter_is_judged():
     for exercise in (call.exercise for call in __import__("utils.checks.catalogue", fromlist=["x"]).check_calls()
                      if call.notebook in inside):
         assert f"`{exercise}`" in section, exercise  # every exercise still judged inside is named, with its reason
+
+
+def test_parallel_builders_of_one_folder_build_it_once(tmp_path):
+    """Two graders (or a grader and this test module) asking for the same plans: one records, the other waits."""
+    import threading
+    import time
+
+    calls = []
+
+    def build(folder: Path) -> None:
+        calls.append(folder)
+        time.sleep(0.3)  # long enough for the other thread to arrive while this one holds the lock
+        (folder / "index.json").write_text("{}")
+
+    target = tmp_path / "plans" / "random-mini" / "02_components"
+    threads = [threading.Thread(target=boundary._publish, args=(build, target)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and (target / "index.json").read_text() == "{}"
+    assert [p.name for p in target.parent.iterdir() if not p.name.startswith(".")] == ["02_components"]

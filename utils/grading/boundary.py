@@ -16,6 +16,7 @@ Every other chapter is still judged in the learner's process, with the static sc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
@@ -82,20 +83,30 @@ def _base() -> Path:
 
 
 def _publish(build, target: Path) -> Path:
-    """Build into a fresh folder, then rename it into place: parallel graders never see half a folder."""
+    """Build into a fresh folder, then rename it into place: parallel graders never see half a folder.
+
+    Builders of the same folder take turns (a lock file beside it): a second grader, or a test process
+    that needs the same plans, waits for the first and reuses its folder instead of recording them again."""
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp)
-        os.chmod(tmp, 0o755)
-        tmp.rename(target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if target.is_dir():
+                return target
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+            try:
+                build(tmp)
+                os.chmod(tmp, 0o755)
+                tmp.rename(target)
+            except OSError:
+                if not target.is_dir():
+                    raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return target
 
 
