@@ -1,7 +1,7 @@
 """nbgrader end to end: release equals chapters/, full / zero / partial marks for every chapter, and a corpus of
 broken and hostile submissions graded in the sandbox with the expected points.
 
-Every grading run happens once per module, in temporary course directories, two nbgrader runs at a time;
+Every grading run happens once per module, in temporary course directories, three nbgrader runs at a time;
 the tests then read the gradebook and the autograded notebooks. The hostile corpus needs bubblewrap
 (`apt-get install -y bubblewrap`; .ci/run installs it) and is skipped, saying so, without it.
 """
@@ -36,7 +36,9 @@ NOTEBOOK_TIMEOUT_S = 400
 SETTINGS = f"c.Execute.timeout = {CELL_TIMEOUT_S}\nc.SafeExecute.notebook_timeout = {NOTEBOOK_TIMEOUT_S}\n"
 CORPUS_CELL_TIMEOUT_S = 60  # chapter 02's cells take a few seconds; the infinite loop costs this much
 CORPUS_SETTINGS = f"c.Execute.timeout = {CORPUS_CELL_TIMEOUT_S}\nc.SafeExecute.notebook_timeout = {NOTEBOOK_TIMEOUT_S}\n"
-WORKERS = 2  # the grading tests use the parallel workers; the sample below is graded again sequentially
+# three nbgrader runs at a time on two cores: a run spends a third of its time waiting (kernel start, ZMQ round
+# trips), which a third run fills; the sample below is graded again sequentially
+WORKERS = 3
 # one partly correct notebook, one repaired before grading, one that cannot be graded: the parallel run's outcomes
 # and scores of each kind must come out the same one at a time
 SEQUENTIAL_SAMPLE = ("partial", "edited_metadata", "invalid_json")
@@ -135,7 +137,7 @@ def all_cases(outside: dict, secret: dict) -> list:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """Every chapter's and the corpus's submissions graded in one run, two at a time; then a sample graded
+    """Every chapter's and the corpus's submissions graded in one run, three at a time; then a sample graded
     again one at a time (the sequential run), whose scores must be the same."""
     base = tmp_path_factory.mktemp("grading")
     env_before = os.environ.get("TFS_SANDBOX")
