@@ -248,8 +248,7 @@ def _call(fn, ops: dict, decode: _Decoder, writer: wire.Writer) -> dict:
         old = before[key]
         if x.shape != old.shape or x.dtype != old.dtype or not t.equal(x, old):
             mutated[key] = writer.tensor(x)
-    _special.writer = writer
-    done = {"out": wire.encode(out, writer, _special), "mutated": mutated, "hooks_left": decode.hooks_left()}
+    done = {"out": wire.encode(out, writer, _special(writer)), "mutated": mutated, "hooks_left": decode.hooks_left()}
     if decode.spies:
         done["spies"] = [bool(spy.seen) for spy in decode.spies]
     if decode.shared["probes"]:
@@ -259,12 +258,17 @@ def _call(fn, ops: dict, decode: _Decoder, writer: wire.Writer) -> dict:
     return done
 
 
-def _special(value):
-    """What the learner's code returns beyond tensors: chapter 06's KVCache (the notebook's given dataclass)."""
-    if type(value).__name__ == "KVCache" and dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"$kv": {"keys": [wire.encode(x, _special.writer) for x in getattr(value, "keys", [])],
-                        "values": [wire.encode(x, _special.writer) for x in getattr(value, "values", [])]}}
-    return None
+def _special(writer: wire.Writer):
+    """The encoder of what the learner's code returns beyond tensors: chapter 06's KVCache (the notebook's given
+    dataclass), its keys and values written by `writer`."""
+
+    def encode(value):
+        if type(value).__name__ == "KVCache" and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {"$kv": {"keys": [wire.encode(x, writer) for x in getattr(value, "keys", [])],
+                            "values": [wire.encode(x, writer) for x in getattr(value, "values", [])]}}
+        return None
+
+    return encode
 
 
 def _trace(arg, trace: dict, tensors: dict, writer: wire.Writer, classes: dict, returned: dict, index: int) -> list:
