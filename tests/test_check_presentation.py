@@ -43,7 +43,7 @@ def outputs():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(WRONG_LAYER_NORM), nbformat.v4.new_code_cell("checks.layer_norm(LayerNorm)"),
                 nbformat.v4.new_code_cell(CRASHING_LAYER_NORM), nbformat.v4.new_code_cell("checks.layer_norm(LayerNorm)")]
-    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True).execute()
+    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True, shutdown_kernel="immediate").execute()
     return [next(o for o in nb.cells[i].outputs if o.output_type == "error") for i in (1, 3)]
 
 

@@ -77,7 +77,7 @@ def measure(path: Path, fast: bool = True, timeout: int = 1800) -> dict:
     load = os.getloadavg()[0]
     t0 = time.monotonic()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True, record_timing=True,
-                   resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
+                   shutdown_kernel="immediate", resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
     wall = time.monotonic() - t0
     parts = sections(nb)
     for part in parts:

@@ -55,6 +55,7 @@ def execute(path: Path, timeout: int = 300):
     nb = nbformat.read(str(path), as_version=4)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TFS_FAST": "1"}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
+                            shutdown_kernel="immediate",
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     client.execute(env=env)
     return nb
