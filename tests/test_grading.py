@@ -192,7 +192,9 @@ def test_full_zero_partial_marks(graded, chapter):
 
 def test_parallel_scores_equal_sequential(graded):
     assert graded["run"].workers == WORKERS and graded["sequential"].workers == 1
-    assert len(graded["sample"]) == len(SEQUENTIAL_SAMPLE)
+    # "partial" is a chapter 02 submission: a local run of other chapters (TFS_GRADING_CHAPTERS) has only the corpus's
+    wanted = set(SEQUENTIAL_SAMPLE) - (set() if HOSTILE_CHAPTER in chapters_under_test() else {"partial"})
+    assert sorted(student for _, _, student in graded["sample"]) == sorted(wanted)
     for root, chapter, student in graded["sample"]:
         parallel = graded["parallel"][(root, chapter)].get(student)
         assert Course(root).scores(chapter).get(student) == parallel, student

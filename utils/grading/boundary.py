@@ -36,7 +36,7 @@ from utils.grading import wire
 UTILS = Path(__file__).resolve().parents[1]
 # chapter -> the reference module its exercises' solutions are exported to
 COVERED = {"01_foundations": "foundations", "02_components": "components", "04_interpretability": "interp",
-           "05_training": "training", "06_sampling": "sampling", "08_circuits": "circuits"}
+           "05_training": "training", "06_sampling": "sampling", "07_modern_decoder": "modern", "08_circuits": "circuits"}
 PACKAGE_FILES = ("__init__.py", "notebook.py", "reference_model.py", "tokenizer.py")
 # what a chapter's setup and demo cells import beyond PACKAGE_FILES: earlier chapters' solutions, which its
 # notebook hands out (chapter 04 is given chapter 03's EducationalTransformer), never its own
@@ -50,11 +50,13 @@ CHAPTER_FILES = {
     "06_sampling": ("reference/__init__.py", "reference/components.py", "reference/model.py", "reference/training.py",
                     "corpus.py", "models/__init__.py", "models/course_gpt.py", "models/compact_tokenizer.py",
                     "data/course_gpt.pt"),  # chapter 06 is given chapter 05's checkpoint loader
+    # chapter 07 is given chapter 02's Embed and the Llama reference (transformers' model with seeded weights)
+    "07_modern_decoder": ("reference/__init__.py", "reference/components.py", "llama_reference.py"),
     "08_circuits": (*_INTERP_FILES, "reference/interp.py"),  # chapter 08 is given chapter 04's functions
 }
 VERSIONED = ("checks", "reference", "reference_model.py", "tokenizer.py", "notebook.py", "__init__.py",
              "grading/trusted.py", "grading/plan_encoding.py", "grading/wire.py", "grading/stub_checks.py",
-             "grading/boundary.py")
+             "grading/boundary.py", "grading/stub_llama.py")
 JUDGE_TAG = "tfs-judge:"
 IN_PROCESS = "judged in the learner's process (scan only)"
 OUTSIDE = "judged outside the learner's process"
@@ -164,7 +166,7 @@ def ensure_plans(chapter: str, kind: str | None = None) -> Path:
     return _publish(build, _base() / "plans" / kind / chapter)
 
 
-STUB_FILES = ("__init__.py", "_wire.py", "_module_runs.py", "_flops.py", "_spies.py")  # utils/checks/ in the sandbox
+STUB_FILES = ("__init__.py", "_wire.py", "_module_runs.py", "_flops.py", "_spies.py", "_llama.py")  # utils/checks/ in the sandbox
 
 
 def package_files(chapter: str | None = None) -> tuple[str, ...]:
@@ -186,6 +188,7 @@ def ensure_package(chapter: str | None = None) -> Path:
         shutil.copyfile(UTILS / "checks" / "module_runs.py", package / "checks" / "_module_runs.py")
         shutil.copyfile(UTILS / "checks" / "flops.py", package / "checks" / "_flops.py")
         shutil.copyfile(UTILS / "checks" / "spies.py", package / "checks" / "_spies.py")
+        shutil.copyfile(UTILS / "grading" / "stub_llama.py", package / "checks" / "_llama.py")
         for path in [package, package / "checks", *package.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 

@@ -53,16 +53,31 @@ def _model_doc(model: nn.Module) -> dict:
             "state": dict(model.state_dict()), "layer_norms": not isinstance(model.ln_final, nn.Identity)}
 
 
+CACHES = ("KVCache", "GQACache")  # chapter 06's and chapter 07's caches, dataclasses the notebooks give
+
+
+def _cache(x: Any) -> bool:
+    return type(x).__name__ in CACHES and dataclasses.is_dataclass(x) and not isinstance(x, type)
+
+
+def llama_decoder(x: Any) -> bool:
+    """Whether `x` is chapter 07's reference LlamaStyleDecoder (its kv_rope check hands it to the learner's code)."""
+    return isinstance(x, nn.Module) and type(x).__name__ == "LlamaStyleDecoder" and \
+        type(x).__module__ == "utils.reference.modern"
+
+
 def special(x: Any) -> dict | None:
     """The arguments checkers pass that are not tensors or scalars, encoded by what they are."""
     if course_model(x):
         return {"$model": _model_doc(x)}
+    if llama_decoder(x):  # rebuilt in the sandbox from transformers' own Llama modules (stub_llama.py)
+        return {"$llama": {"cfg": dataclasses.asdict(x.cfg), "state": dict(x.state_dict()), "training": x.training}}
     if type(x).__name__ == "ModelProbe" and isinstance(x, nn.Module) and course_model(getattr(x, "model", None)):
         return {"$probe": {"model": x.model}}  # chapter 05's wrapper that notes how the model was run
     if type(x).__name__ == "SpyZero" and isinstance(x, float):
         return {"$spy_zero": 0}  # chapter 06's temperature=0.0 that notes whether the loop compared it
-    if type(x).__name__ == "KVCache" and dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {"$kv": {"keys": list(x.keys), "values": list(x.values)}}  # chapter 06's cache, given code
+    if _cache(x):
+        return {"$kv": {"keys": list(x.keys), "values": list(x.values)}, "name": type(x).__name__}
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return {"$cfg": {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}}
     spec = getattr(x, "probe_spec", None)
@@ -81,10 +96,10 @@ def special(x: Any) -> dict | None:
 
 
 def returned_parts(out: Any) -> list[tuple[int, Any]]:
-    """The parts of a call's result that a checker may hand back to a later call (chapter 06's KV cache):
-    (index in the returned tuple, object)."""
+    """The parts of a call's result that a checker may hand back to a later call (chapter 06's and 07's KV
+    caches): (index in the returned tuple, object)."""
     items = out if type(out) in (tuple, list) else [out]
-    return [(i, item) for i, item in enumerate(items) if type(item).__name__ == "KVCache"]
+    return [(i, item) for i, item in enumerate(items) if type(item).__name__ in CACHES]
 
 
 def _encode(x: Any, writer: wire.Writer, returned: dict | None = None) -> Any:
@@ -108,11 +123,13 @@ def _encode(x: Any, writer: wire.Writer, returned: dict | None = None) -> Any:
             writer.__dict__.setdefault("probes", []).append(value)
         if key == "$cfg":
             return {"$cfg": {k: v for k, v in body.items()}}
-        if key == "$model":
+        if key in ("$model", "$llama"):
             if id(value) not in memo:
-                memo[id(value)] = (value, {"$model": {k: wire.encode(v, writer, inner) for k, v in body.items()}})
+                memo[id(value)] = (value, {key: {k: wire.encode(v, writer, inner) for k, v in body.items()}})
             return memo[id(value)][1]
         encoded = {key: {k: wire.encode(v, writer, inner) for k, v in body.items()}}
+        if "name" in done:
+            encoded["name"] = done["name"]
         if "$cache_model" in done:
             encoded["$cache_model"] = inner(done["$cache_model"])
         return encoded

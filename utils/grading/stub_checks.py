@@ -97,6 +97,18 @@ class KVCache:
         return self.keys[0].shape[1] if self.keys else 0
 
 
+@dataclasses.dataclass
+class GQACache(KVCache):
+    """Chapter 07's cache, as its notebook gives it: each layer's rotated keys and its values, each
+    [batch pos n_kv_heads d_head]."""
+
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in self.keys + self.values)
+
+
+CACHES = {"KVCache": KVCache, "GQACache": GQACache}
+
+
 class _Decoder:
     """Rebuilds a recorded argument; remembers which plan tensor became which fresh tensor."""
 
@@ -191,7 +203,17 @@ class _Decoder:
             self.spies.append(spy)
             return spy
         if "$kv" in doc:
-            return KVCache(self(doc["$kv"]["keys"]), self(doc["$kv"]["values"]))
+            return CACHES.get(doc.get("name"), KVCache)(self(doc["$kv"]["keys"]), self(doc["$kv"]["values"]))
+        if "$llama" in doc:  # chapter 07's decoder, over transformers' Llama modules
+            key = json.dumps(doc, sort_keys=True)
+            if key not in self.shared.setdefault("llama", {}):
+                from ._llama import LlamaStyleDecoder
+
+                body = doc["$llama"]
+                cfg = self(body["cfg"])
+                model = LlamaStyleDecoder(_config_class(tuple(cfg))(**cfg), self(body["state"]))
+                self.shared["llama"][key] = model.train(bool(body.get("training")))
+            return self.shared["llama"][key]
         if "$metric" in doc:
             return _metric({k: self(v) for k, v in doc["$metric"].items()})
         if "$attend" in doc:
@@ -259,13 +281,14 @@ def _call(fn, ops: dict, decode: _Decoder, writer: wire.Writer) -> dict:
 
 
 def _special(writer: wire.Writer):
-    """The encoder of what the learner's code returns beyond tensors: chapter 06's KVCache (the notebook's given
-    dataclass), its keys and values written by `writer`."""
+    """The encoder of what the learner's code returns beyond tensors: chapter 06's KVCache and chapter 07's
+    GQACache (the notebooks' given dataclasses), their keys and values written by `writer`."""
 
     def encode(value):
-        if type(value).__name__ == "KVCache" and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__
+        if name in CACHES and dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {"$kv": {"keys": [wire.encode(x, writer) for x in getattr(value, "keys", [])],
-                            "values": [wire.encode(x, writer) for x in getattr(value, "values", [])]}}
+                            "values": [wire.encode(x, writer) for x in getattr(value, "values", [])]}, "name": name}
         return None
 
     return encode
