@@ -93,22 +93,15 @@ def _publish(build, target: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if target.is_dir():
-                return target
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if not target.is_dir():
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
             try:
                 build(tmp)
                 os.chmod(tmp, 0o755)
                 tmp.rename(target)
-            except OSError:
-                if not target.is_dir():
-                    raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
     return target
 
 
