@@ -40,3 +40,22 @@ def test_a_plain_traceback_gives_its_last_line():
 
 def test_a_log_without_an_error_says_so():
     assert failure_cause("[AutogradeApp | INFO] nothing to see\n", 3) == "nbgrader exited with status 3 without an error message"
+
+
+def _run_both(args: list[str], cwd) -> list[tuple[int, str]]:
+    import subprocess
+    import sys
+
+    runs = []
+    for module in ("nbgrader", "utils.grading.nbgrader_main"):
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+        runs.append((proc.returncode, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""))
+    return runs
+
+
+def test_the_quick_exit_wrapper_keeps_nbgraders_exit_status_and_error(tmp_path):
+    """The grader runs nbgrader through utils.grading.nbgrader_main (no interpreter teardown): a failing run must
+    still exit 1 with nbgrader's own error line, which failure_cause reads."""
+    plain, quick = _run_both(["autograde", "no_such_assignment", "--student=x"], tmp_path)
+    assert plain == quick and quick[0] == 1 and "No notebooks were matched" in quick[1]
+    assert failure_cause(quick[1], quick[0]).startswith("No notebooks were matched by")

@@ -186,7 +186,8 @@ def grade_one(root: Path, chapter: str, student: str, *, workers: int = 1, timeo
         # a previous version's autograded notebook would otherwise give stale feedback
         shutil.rmtree(root / "autograded" / student / chapter, ignore_errors=True)
         return Outcome(chapter, student, False, time.monotonic() - t0, cause)
-    cmd = [sys.executable, "-m", "nbgrader", "autograde", chapter, "--force", f"--student={student}"]
+    # nbgrader itself, ended without the interpreter's 2 s teardown of torch and the checkers (nbgrader_main.py)
+    cmd = [sys.executable, "-m", "utils.grading.nbgrader_main", "autograde", chapter, "--force", f"--student={student}"]
     with subprocess.Popen(cmd, cwd=root, env=_env(workers), text=True, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, start_new_session=True) as proc:
         try:
