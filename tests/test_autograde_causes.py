@@ -59,3 +59,10 @@ def test_the_quick_exit_wrapper_keeps_nbgraders_exit_status_and_error(tmp_path):
     plain, quick = _run_both(["autograde", "no_such_assignment", "--student=x"], tmp_path)
     assert plain == quick and quick[0] == 1 and "No notebooks were matched" in quick[1]
     assert failure_cause(quick[1], quick[0]).startswith("No notebooks were matched by")
+
+
+def test_the_quick_exit_gives_a_systemexit_message_the_status_and_stderr_python_would(capsys):
+    from utils.grading.nbgrader_main import _status
+
+    assert (_status(None), _status(0), _status(2)) == (0, 0, 2)
+    assert _status("config file is broken") == 1 and capsys.readouterr().err == "config file is broken\n"

@@ -16,9 +16,13 @@ import traceback
 
 
 def _status(code) -> int:
+    """The exit status Python gives `SystemExit(code)`; a message is printed to stderr, as Python prints it."""
     if code is None:
         return 0
-    return code if isinstance(code, int) else 1
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 def main() -> None:

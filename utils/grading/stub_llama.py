@@ -24,7 +24,7 @@ class _Part(nn.Module):
         super().__init__()
         self.cfg = cfg
         for name, value in params.items():
-            setattr(self, name, nn.Parameter(value.clone(), requires_grad=False))
+            setattr(self, name, nn.Parameter(value, requires_grad=False))  # the stub's own copy of the plan's tensor
         object.__setattr__(self, "_hf", hf)
 
     def forward(self, x: t.Tensor) -> t.Tensor:
@@ -110,4 +110,4 @@ def to_transformers(state: dict[str, t.Tensor], cfg) -> dict[str, t.Tensor]:
         out[hf + "mlp.gate_proj.weight"] = state[tl + "mlp.W_gate"].T
         out[hf + "mlp.up_proj.weight"] = state[tl + "mlp.W_in"].T
         out[hf + "mlp.down_proj.weight"] = state[tl + "mlp.W_out"].T
-    return {name: value.contiguous().clone() for name, value in out.items()}
+    return out  # load_state_dict copies these into transformers' own parameters

@@ -253,8 +253,7 @@ def decode(doc: Any, tensors: dict[str, t.Tensor]) -> Any:
     if "$dict" in doc and isinstance(doc["$dict"], dict):
         return {str(k): decode(v, tensors) for k, v in doc["$dict"].items()}
     if "$kv" in doc and isinstance(doc["$kv"], dict):  # chapter 06's KVCache or 07's GQACache, given dataclasses
-        name = "GQACache" if doc.get("name") == "GQACache" else "KVCache"
-        if name == "GQACache":
+        if doc.get("name") == "GQACache":
             from utils.reference.modern import GQACache as cache_class
         else:
             from utils.reference.sampling import KVCache as cache_class
@@ -263,7 +262,7 @@ def decode(doc: Any, tensors: dict[str, t.Tensor]) -> Any:
         keys, values = decode(body.get("keys", []), tensors), decode(body.get("values", []), tensors)
         if isinstance(keys, list) and isinstance(values, list):
             return cache_class(keys, values)
-        return _opaque(name)
+        return _opaque(cache_class.__name__)
     return _opaque(doc.get("$opaque", "object"))
 
 
